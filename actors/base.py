@@ -1,0 +1,153 @@
+"""What every lessor actor shares: deferred replies and holder identity.
+
+pykka answers an ask with whatever ``on_receive`` returns, so an actor could only
+answer an Acquire by blocking until a resource is free. lessor's inbox instead
+hands the actor each lessor message as a :class:`Call` that carries its reply
+target and holder: the actor answers now, or keeps the Call and answers when the
+pool decides. Plain ``ActorRef.ask(Acquire(...))`` works the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import pykka
+from pykka.messages import _ActorStop
+
+from lessor.errors import LessorError, PoolClosed, ProtocolError
+from lessor.holder import ANONYMOUS
+from lessor.messages import Message
+
+__all__ = ["DEFERRED", "Call", "CallEnvelope", "LessorActor", "Reply", "answer", "answer_error"]
+
+log = logging.getLogger("lessor.actors")
+
+
+class Reply(Protocol):
+    """Where an answer goes: a pykka future in-process, a wire reply across processes."""
+
+    def set(self, value: Any = None) -> None: ...
+
+    def set_exception(self, exc_info: Any = None) -> None: ...
+
+
+class CallEnvelope:
+    """Duck-types pykka's envelope, adding the sender's identity."""
+
+    __slots__ = ("holder", "message", "reply_to")
+
+    def __init__(self, message: Any, reply_to: Reply | None, holder: str) -> None:
+        self.message = message
+        self.reply_to = reply_to
+        self.holder = holder
+
+
+class Call:
+    """A lessor message as the actor sees it: what was asked, who asked, where to answer."""
+
+    __slots__ = ("holder", "message", "reply")
+
+    def __init__(self, message: Message, reply: Reply | None, holder: str) -> None:
+        self.message = message
+        self.reply = reply
+        self.holder = holder
+
+
+class _Plain:
+    """An envelope whose reply the actor owns; pykka sees no reply_to and sends none."""
+
+    __slots__ = ("message", "reply_to")
+
+    def __init__(self, message: Call) -> None:
+        self.message = message
+        self.reply_to = None
+
+
+class _CallInbox(queue.SimpleQueue):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopped = threading.Event()  # replaced by the actor's own stop event
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        envelope = super().get(block, timeout)
+        message = envelope.message
+        # Once stopped, pykka's teardown must see the real reply_to to answer ActorDeadError.
+        if isinstance(message, Message) and not self._stopped.is_set():
+            return _Plain(Call(message, envelope.reply_to, getattr(envelope, "holder", ANONYMOUS)))
+        return envelope
+
+
+#: Returned by ``handle_call`` when the Call will be answered later.
+DEFERRED: Any = object()
+
+
+def answer(reply: Reply | None, value: Any) -> None:
+    if reply is not None:
+        with contextlib.suppress(queue.Full):  # answered already (the caller cancelled)
+            reply.set(value)
+
+
+def answer_error(reply: Reply | None, exc: BaseException) -> None:
+    if reply is not None:
+        with contextlib.suppress(queue.Full):
+            reply.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+
+
+class LessorActor(pykka.ThreadingActor):
+    """Base actor: ``handle_call`` for lessor messages, ``handle_internal`` for the rest.
+
+    A :class:`LessorError` is the caller's problem: it is answered (or logged, for a
+    tell) and the actor carries on. Any other exception is a bug or a broken world:
+    the caller is answered and the actor fails, for its supervisor to restart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actor_inbox._stopped = self.actor_stopped  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _CallInbox()
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is not Call:
+            return self.handle_internal(message)
+        try:
+            result = self.handle_call(message)
+        except LessorError as exc:
+            if message.reply is None:
+                log.warning(
+                    "%s: %s from %s: %s", self, type(message.message).__name__, message.holder, exc
+                )
+            answer_error(message.reply, exc)
+            return None
+        except Exception as exc:
+            answer_error(message.reply, exc)
+            raise
+        if result is not DEFERRED:
+            answer(message.reply, result)
+        return None
+
+    def handle_call(self, call: Call) -> Any:
+        raise ProtocolError(f"{type(self).__name__} does not handle {type(call.message).__name__}")
+
+    def handle_internal(self, message: Any) -> Any:
+        log.warning("%s: unexpected message %r", self, message)
+        return None
+
+    def drain_inbox(self, on_tell: Callable[[Any], None] | None = None) -> None:
+        """After stopping, answer queued asks with PoolClosed and show tells to ``on_tell``."""
+        inbox = self.actor_inbox
+        while not inbox.empty():
+            envelope = inbox.get()
+            if isinstance(envelope.message, _ActorStop):
+                answer(envelope.reply_to, None)  # what pykka's own teardown answers
+            elif envelope.reply_to is not None:
+                answer_error(envelope.reply_to, PoolClosed(f"{self} stopped"))
+            elif on_tell is not None:
+                on_tell(envelope.message)

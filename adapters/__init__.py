@@ -1,0 +1,1 @@
+"""Adapters for real resources (PostgreSQL, HTTP)."""

@@ -1,0 +1,1 @@
+"""Pure state machines: no threads, no I/O, time passed in as ``now``."""

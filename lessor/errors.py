@@ -1,0 +1,80 @@
+"""One error tree for everything lessor raises.
+
+Callers catch :class:`LessorError` for "lessor said no"; the subclasses keep
+"you closed it" (:class:`PoolClosed`, :class:`ShuttingDown`) apart from "the world
+broke it" (:class:`AcquireTimeout` with a factory error as its cause), and keep every
+kind of bad lease apart so that a bug report names the exact mistake.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AcquireTimeout",
+    "DoubleRelease",
+    "ExpiredLease",
+    "ForeignLease",
+    "LeaseError",
+    "LessorError",
+    "NoSuchPool",
+    "PoolClosed",
+    "PoolExhausted",
+    "ProtocolError",
+    "ShuttingDown",
+    "StaleLease",
+    "UnknownLease",
+]
+
+
+class LessorError(Exception):
+    """Base class of every error lessor raises on purpose."""
+
+
+class AcquireTimeout(LessorError):
+    """No resource became free before the Acquire's deadline.
+
+    When the pool could not create resources, ``__cause__`` is the last factory error.
+    """
+
+
+class PoolExhausted(LessorError):
+    """Refused at once: ``max_waiting`` callers are already queued."""
+
+
+class PoolClosed(LessorError):
+    """The pool was closed (by its owner or because its actor stopped)."""
+
+
+class ShuttingDown(PoolClosed):
+    """The runtime is shutting down: no new Acquires are admitted."""
+
+
+class NoSuchPool(LessorError):
+    """A message named a pool that is not the one it was sent to."""
+
+
+class LeaseError(LessorError):
+    """A Release or Renew named a lease that the caller may not use."""
+
+
+class UnknownLease(LeaseError):
+    """The lease id was never granted by this pool."""
+
+
+class DoubleRelease(LeaseError):
+    """The lease was already released."""
+
+
+class ForeignLease(LeaseError):
+    """The lease belongs to another holder."""
+
+
+class StaleLease(LeaseError):
+    """The lease came from an earlier incarnation of the pool (before a restart)."""
+
+
+class ExpiredLease(LeaseError):
+    """The lease was reclaimed (its ttl ran out, or the pool took it back) before this use."""
+
+
+class ProtocolError(LessorError):
+    """A frame or message could not be encoded or decoded."""

@@ -1,0 +1,105 @@
+"""Where pool resources come from.
+
+A factory makes and destroys resources; the optional hooks say how to test one on
+borrow (``check``), clean one on release (``reset``), which errors in a holder's
+block mean the resource is broken (``is_fatal``), and whether a reclaimed resource
+may be reused (``reusable``: true for plain tokens, false for anything a holder that
+lost its lease might still be touching).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["CallableFactory", "Factory", "TokenFactory", "overrides"]
+
+R = TypeVar("R")
+
+
+class Factory(Generic[R]):
+    """Subclass and implement ``create``; override the hooks you need."""
+
+    #: A reclaimed (expired or orphaned) resource may go back to the idle list.
+    reusable: bool = False
+
+    def create(self) -> R:
+        raise NotImplementedError
+
+    def destroy(self, resource: R) -> None:
+        """Release whatever the resource holds. Errors are logged, never fatal."""
+
+    def check(self, resource: R) -> bool:
+        """Run before a borrow (off the actor thread); False destroys and replaces it."""
+        return True
+
+    def reset(self, resource: R) -> None:
+        """Run after a release (off the actor thread); raising destroys the resource."""
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """An error in a ``lease()`` block that means the resource is broken."""
+        return False
+
+
+def overrides(factory: Factory[Any], hook: str) -> bool:
+    """Whether a factory implements a hook, so the pool can skip a no-op round trip."""
+    return getattr(type(factory), hook) is not getattr(Factory, hook)
+
+
+class CallableFactory(Factory[R]):
+    """A factory from plain callables, for pools that need no subclass."""
+
+    def __init__(
+        self,
+        create: Callable[[], R],
+        destroy: Callable[[R], None] | None = None,
+        *,
+        fatal: tuple[type[BaseException], ...] = (),
+        reusable: bool = False,
+    ) -> None:
+        self._create = create
+        self._destroy = destroy
+        self._fatal = fatal
+        self.reusable = reusable
+
+    def create(self) -> R:
+        return self._create()
+
+    def destroy(self, resource: R) -> None:
+        if self._destroy is not None:
+            self._destroy(resource)
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._fatal)
+
+
+class TokenFactory(Factory[Any]):
+    """Plain-data resources (slot numbers, GPU ids, ports, API keys), reusable after reclaim.
+
+    With ``tokens`` the pool hands out exactly those values; without, the integers
+    0, 1, 2, ... Set ``max_size`` no larger than the number of tokens.
+    """
+
+    reusable = True
+
+    def __init__(self, tokens: Iterable[Any] | None = None) -> None:
+        self._tokens: list[Any] | None = None if tokens is None else list(tokens)
+        self._counter = itertools.count()
+        self._free: list[Any] = []
+        self._lock = threading.Lock()  # create/destroy run on several pool worker threads
+
+    def create(self) -> Any:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if self._tokens is None:
+                return next(self._counter)
+            if not self._tokens:
+                raise LookupError("TokenFactory ran out of tokens (max_size > number of tokens)")
+            return self._tokens.pop(0)
+
+    def destroy(self, resource: Any) -> None:
+        with self._lock:
+            self._free.append(resource)

@@ -1,0 +1,20 @@
+"""Who holds a lease: a string the pool records and checks on Release.
+
+The identity comes from where a request is sent (the envelope), never from the
+message, so one thread or process cannot claim another's lease by naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+__all__ = ["ANONYMOUS", "current_holder"]
+
+#: Holder of requests sent with a bare pykka ``ask``/``tell``, which carry no identity.
+ANONYMOUS = "anonymous"
+
+
+def current_holder() -> str:
+    """The calling thread, as ``thread:<pid>:<ident>``."""
+    return f"thread:{os.getpid()}:{threading.get_ident()}"

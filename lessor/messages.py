@@ -1,0 +1,251 @@
+"""Every message lessor actors exchange, and the one codec that puts them on a wire.
+
+Messages are frozen, slotted dataclasses with plain fields (str, int, float, bool,
+bytes, None, lists and dicts of these), so each one is msgpack-safe by construction.
+Who sent a message and where its reply goes live in the envelope, never in the
+message: the same ``Acquire`` travels through a pykka inbox in-process and as a
+msgpack frame between processes.
+
+On the wire a message is the msgpack array ``[tag, field1, field2, ...]``. Tags are
+stable integers: never renumber one, only add new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+from lessor.errors import ProtocolError
+
+__all__ = [
+    "Acquire",
+    "GetStats",
+    "Lease",
+    "LeaseExpired",
+    "Message",
+    "PoolStats",
+    "Release",
+    "Renew",
+    "decode",
+    "encode",
+]
+
+
+class Message:
+    """Base of all messages; ``TAG`` is the stable wire tag."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+
+
+_M = TypeVar("_M", bound=type[Message])
+_REGISTRY: dict[int, type[Message]] = {}
+_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+_CHECKS: dict[type[Message], tuple[Callable[[Any], bool], ...]] = {}
+
+
+def _message(tag: int) -> Callable[[_M], _M]:
+    """Register a message class under a stable wire tag."""
+
+    def register(cls: _M) -> _M:
+        if tag in _REGISTRY:
+            raise RuntimeError(f"tag {tag} used by {_REGISTRY[tag].__name__} and {cls.__name__}")
+        cls.TAG = tag
+        _REGISTRY[tag] = cls
+        _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return cls
+
+    return register
+
+
+@_message(1)
+@dataclass(frozen=True, slots=True)
+class Acquire(Message):
+    """Ask a pool for a lease. ``timeout=None`` uses the pool's ``acquire_timeout``.
+
+    Higher ``priority`` is served first; ``ttl`` overrides the pool's ``lease_ttl``.
+    """
+
+    pool: str
+    timeout: float | None = None
+    priority: int = 0
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("timeout", self.timeout)
+        _positive("ttl", self.ttl)
+
+
+@_message(2)
+@dataclass(frozen=True, slots=True)
+class Release(Message):
+    """Give a lease back; ``broken=True`` makes the pool destroy the resource."""
+
+    lease_id: str
+    broken: bool = False
+
+
+@_message(3)
+@dataclass(frozen=True, slots=True)
+class Renew(Message):
+    """Push a lease's expiry to ``ttl`` seconds from now; answered with the new Lease."""
+
+    lease_id: str
+    ttl: float
+
+    def __post_init__(self) -> None:
+        _positive("ttl", self.ttl)
+
+
+@_message(4)
+@dataclass(frozen=True, slots=True)
+class Lease(Message):
+    """A grant. Times are ``time.monotonic()`` seconds; ``expires_at=None`` never expires.
+
+    In-process ``resource`` may be any object; only msgpack-safe resources can be encoded.
+    """
+
+    id: str
+    pool: str
+    resource: Any
+    holder: str
+    granted_at: float
+    expires_at: float | None
+
+
+@_message(5)
+@dataclass(frozen=True, slots=True)
+class GetStats(Message):
+    """Ask an actor for a statistics snapshot."""
+
+
+@_message(6)
+@dataclass(frozen=True, slots=True)
+class PoolStats(Message):
+    """A frozen snapshot of one pool. Gauges and counters are counts; times carry ``_ms``."""
+
+    pool: str
+    size: int
+    idle: int
+    leased: int
+    checking: int
+    creating: int
+    waiting: int
+    acquired: int
+    released: int
+    timeouts: int
+    created: int
+    destroyed: int
+    broken: int
+    factory_errors: int
+    check_failures: int
+    expired: int
+    reclaimed: int
+    rejected: int
+    wait_ms_p50: float
+    wait_ms_p95: float
+    wait_ms_p99: float
+    hold_ms_p50: float
+    hold_ms_p95: float
+    hold_ms_p99: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS[PoolStats]}
+
+
+@_message(7)
+@dataclass(frozen=True, slots=True)
+class LeaseExpired(Message):
+    """Pushed to a holder whose lease ran past ``expires_at`` and was reclaimed."""
+
+    lease_id: str
+    pool: str
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+
+
+# -- codec ---------------------------------------------------------------------------
+
+_Check = Callable[[Any], bool]
+
+
+def _any(_value: Any) -> bool:
+    return True
+
+
+def _compile(hint: Any) -> _Check:
+    """Turn a field's type hint into a predicate, once, at import time."""
+    if hint is Any:
+        return _any
+    if hint is type(None):
+        return lambda v: v is None
+    if hint is bool:
+        return lambda v: type(v) is bool
+    if hint is int:
+        return lambda v: type(v) is int
+    if hint is float:
+        return lambda v: type(v) in (int, float) and not math.isnan(v)
+    if hint in (str, bytes):
+        return lambda v: type(v) is hint
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        checks = tuple(_compile(a) for a in args)
+        return lambda v: any(c(v) for c in checks)
+    if origin is list:
+        item = _compile(args[0])
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if origin is dict:
+        key, val = _compile(args[0]), _compile(args[1])
+        return lambda v: type(v) is dict and all(key(k) and val(x) for k, x in v.items())
+    raise TypeError(f"message fields must be plain types, not {hint!r}")
+
+
+for _cls in _REGISTRY.values():
+    _hints = typing.get_type_hints(_cls)
+    _CHECKS[_cls] = tuple(_compile(_hints[name]) for name in _FIELDS[_cls])
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> msgpack frame. Raises ProtocolError for a non-msgpack-safe field."""
+    fields = _FIELDS.get(type(msg))
+    if fields is None:
+        raise ProtocolError(f"not a lessor message: {type(msg).__name__}")
+    try:
+        return msgpack.packb([msg.TAG, *[getattr(msg, f) for f in fields]], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def decode(data: bytes) -> Message:
+    """msgpack frame -> Message. Anything malformed raises ProtocolError, never more."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError...
+        raise ProtocolError(f"not a msgpack frame: {exc}") from exc
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError("a frame must be an array starting with an integer tag")
+    cls = _REGISTRY.get(obj[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {obj[0]}")
+    fields, checks = _FIELDS[cls], _CHECKS[cls]
+    values = obj[1:]
+    if len(values) != len(fields):
+        raise ProtocolError(f"{cls.__name__} takes {len(fields)} fields, got {len(values)}")
+    for name, check, value in zip(fields, checks, values, strict=True):
+        if not check(value):
+            raise ProtocolError(f"{cls.__name__}.{name}: bad value {value!r}")
+    try:
+        return cls(*values)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"invalid {cls.__name__}: {exc}") from exc

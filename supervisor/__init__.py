@@ -1,0 +1,1 @@
+"""Supervision tree (OTP semantics)."""
