@@ -91,6 +91,7 @@ class PoolActor(LessorActor):
         spec: PoolSpec,
         *,
         epoch: str | None = None,
+        past_epochs: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -104,6 +105,7 @@ class PoolActor(LessorActor):
             has_check=overrides(spec.factory, "check"),
             has_reset=overrides(spec.factory, "reset"),
             reusable=spec.factory.reusable,
+            past_epochs=past_epochs,
         )
         self._executor: ThreadPoolExecutor | None = None
         self._timer: DeadlineTimer | None = None

@@ -15,6 +15,20 @@ __all__ = ["ANONYMOUS", "current_holder"]
 ANONYMOUS = "anonymous"
 
 
+_local = threading.local()
+
+
+def _forget() -> None:
+    _local.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget)  # a forked child is another holder
+
+
 def current_holder() -> str:
-    """The calling thread, as ``thread:<pid>:<ident>``."""
-    return f"thread:{os.getpid()}:{threading.get_ident()}"
+    """The calling thread, as ``thread:<pid>:<ident>`` (cached: this is on every request)."""
+    try:
+        return _local.holder  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.holder = f"thread:{os.getpid()}:{threading.get_ident()}"
+        return _local.holder  # type: ignore[no-any-return]

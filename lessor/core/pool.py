@@ -154,7 +154,11 @@ _RECENT_IDS = 4096  # remembered ended leases, to tell a double release from an 
 
 
 class PoolCore:
-    """Bookkeeping for one pool incarnation. ``epoch`` makes its lease ids unique."""
+    """Bookkeeping for one pool incarnation.
+
+    ``epoch`` makes its lease ids unique across restarts; ``past_epochs`` are the
+    earlier incarnations' epochs, whose leases are reported as stale, not unknown.
+    """
 
     def __init__(
         self,
@@ -165,9 +169,11 @@ class PoolCore:
         has_reset: bool = False,
         reusable: bool = False,
         rng: random.Random | None = None,
+        past_epochs: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
         self.epoch = epoch
+        self._past_epochs = past_epochs
         self._prefix = f"{spec.name}/{epoch}/"
         self._has_check = has_check
         self._has_reset = has_reset
@@ -641,9 +647,9 @@ class PoolCore:
             return DoubleRelease(f"lease {lease_id} was already released")
         if why is not None:
             return ExpiredLease(f"lease {lease_id} was reclaimed ({why})")
-        name, _, rest = lease_id.rpartition("/")
+        name = lease_id.rpartition("/")[0]
         pool, _, epoch = name.rpartition("/")
-        if pool == self.spec.name and epoch and epoch != self.epoch and rest.isdigit():
+        if pool == self.spec.name and epoch in self._past_epochs:
             return StaleLease(f"lease {lease_id} is from an earlier incarnation of {pool!r}")
         return UnknownLease(f"pool {self.spec.name!r} never granted lease {lease_id!r}")
 

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test must leave no thread or child process behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+LEAK_GRACE = 5.0  # seconds a stopping thread or process may take to finish
+
+
+def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.002) -> bool:
+    """Poll a condition with a deadline (for outcomes no event announces)."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    me = psutil.Process()
+
+    def leftovers() -> tuple[list[threading.Thread], list[psutil.Process]]:
+        threads = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        children = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        return threads, children
+
+    wait_until(lambda: leftovers() == ([], []), timeout=LEAK_GRACE)
+    threads, children = leftovers()
+    for child in children:
+        child.kill()
+    assert not threads, f"test left threads running: {[t.name for t in threads]}"
+    assert not children, f"test left child processes: {[c.pid for c in children]}"

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lessor
+from lessor import messages
+from lessor.errors import LessorError, ProtocolError
+from lessor.messages import (
+    Acquire,
+    GetStats,
+    Lease,
+    LeaseExpired,
+    PoolStats,
+    Release,
+    Renew,
+    decode,
+    encode,
+)
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+pos = st.floats(min_value=1e-6, max_value=1e9)
+opt_pos = st.none() | pos
+
+every_message = st.one_of(
+    st.builds(Acquire, st.text(), opt_pos, st.integers(-100, 100), opt_pos),
+    st.builds(Release, st.text(), st.booleans()),
+    st.builds(Renew, st.text(), pos),
+    st.builds(Lease, st.text(), st.text(), plain, st.text(), st.floats(allow_nan=False),
+              st.none() | st.floats(allow_nan=False)),
+    st.just(GetStats()),
+    st.builds(LeaseExpired, st.text(), st.text()),
+    st.builds(PoolStats, st.text(), *[st.integers(0, 10**9)] * 17, *[pos] * 6),
+)  # fmt: skip
+
+
+@given(every_message)
+def test_every_message_round_trips(msg: messages.Message) -> None:
+    assert decode(encode(msg)) == msg
+
+
+def test_messages_are_frozen_slotted_with_unique_stable_tags() -> None:
+    tags = {
+        Acquire: 1, Release: 2, Renew: 3, Lease: 4, GetStats: 5, PoolStats: 6, LeaseExpired: 7,
+    }  # fmt: skip
+    for cls, tag in tags.items():
+        assert tag == cls.TAG  # a changed tag breaks every peer on the wire
+        assert "__slots__" in cls.__dict__
+        assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Release("id").broken = True  # type: ignore[misc]
+
+
+def test_wire_form_is_a_tagged_array() -> None:
+    assert msgpack.unpackb(encode(Release("p/e/1", True))) == [2, "p/e/1", True]
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (msgpack.packb([99, "x"]), "unknown message tag"),
+        (msgpack.packb([2, 5, False]), "Release.lease_id"),
+        (msgpack.packb([2, "id", "yes"]), "Release.broken"),
+        (msgpack.packb([1, "p", 1.0, True, None]), "Acquire.priority"),
+        (msgpack.packb([1, "p", -1.0, 0, None]), "invalid Acquire"),
+        (msgpack.packb([2, "id"]), "takes 2 fields"),
+        (msgpack.packb([3, "id", 1.0, 7]), "takes 2 fields"),
+        (msgpack.packb({"tag": 1}), "array starting with an integer tag"),
+        (msgpack.packb([]), "array starting with an integer tag"),
+        (msgpack.packb(["1", "p"]), "array starting with an integer tag"),
+        (encode(Release("abc"))[:-2], "not a msgpack frame"),
+        (b"\xc1", "not a msgpack frame"),
+        (b"", "not a msgpack frame"),
+        (encode(GetStats()) + b"\x00", "not a msgpack frame"),
+        (b"\x80\x04\x95pickle", "not a msgpack frame"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(data: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        decode(data)
+
+
+@given(st.binary(max_size=64))
+def test_random_bytes_decode_or_raise_protocol_error_only(data: bytes) -> None:
+    try:
+        msg = decode(data)
+    except ProtocolError:
+        return
+    assert decode(encode(msg)) == msg
+
+
+def test_in_process_lease_may_carry_any_object_but_only_plain_ones_encode() -> None:
+    conn = object()
+    lease = Lease("p/e/1", "p", conn, "me", 1.0, None)
+    assert lease.resource is conn
+    with pytest.raises(ProtocolError, match="cannot encode Lease"):
+        encode(lease)
+    with pytest.raises(ProtocolError, match="not a lessor message"):
+        encode(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "1"])
+def test_acquire_and_renew_reject_bad_numbers_naming_the_field(bad: object) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        Acquire("p", bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl"):
+        Acquire("p", 1.0, ttl=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl"):
+        Renew("id", bad)  # type: ignore[arg-type]
+
+
+def test_errors_share_one_base_and_are_importable_from_lessor() -> None:
+    for name in ("AcquireTimeout", "PoolExhausted", "PoolClosed", "LeaseError", "ProtocolError"):
+        assert issubclass(getattr(lessor, name), LessorError)
+    for name in ("DoubleRelease", "UnknownLease", "ForeignLease", "StaleLease", "ExpiredLease"):
+        assert issubclass(getattr(lessor, name), lessor.LeaseError)
