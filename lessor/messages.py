@@ -222,7 +222,10 @@ def encode(msg: Message) -> bytes:
     if fields is None:
         raise ProtocolError(f"not a lessor message: {type(msg).__name__}")
     try:
-        return msgpack.packb([msg.TAG, *[getattr(msg, f) for f in fields]], use_bin_type=True)
+        frame: bytes = msgpack.packb(
+            [msg.TAG, *[getattr(msg, f) for f in fields]], use_bin_type=True
+        )
+        return frame
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
