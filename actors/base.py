@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import pykka
 from pykka.messages import _ActorStop
 
-from lessor.errors import LessorError, PoolClosed, ProtocolError
+from lessor.errors import ExpiredLease, LessorError, PoolClosed, ProtocolError
 from lessor.holder import ANONYMOUS
 from lessor.messages import Message
 
@@ -106,6 +106,9 @@ class LessorActor(pykka.ThreadingActor):
     the caller is answered and the actor fails, for its supervisor to restart.
     """
 
+    #: Daemon threads let interpreter exit reach the atexit hook that shuts lessor down.
+    use_daemon_thread = True
+
     def __init__(self) -> None:
         super().__init__()
         self.actor_inbox._stopped = self.actor_stopped  # type: ignore[attr-defined]
@@ -121,8 +124,13 @@ class LessorActor(pykka.ThreadingActor):
             result = self.handle_call(message)
         except LessorError as exc:
             if message.reply is None:
-                log.warning(
-                    "%s: %s from %s: %s", self, type(message.message).__name__, message.holder, exc
+                log.log(
+                    logging.INFO if isinstance(exc, ExpiredLease) else logging.WARNING,
+                    "%s: %s from %s: %s",
+                    self,
+                    type(message.message).__name__,
+                    message.holder,
+                    exc,
                 )
             answer_error(message.reply, exc)
             return None

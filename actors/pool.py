@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pykka
+
+from lessor import holder as holders
 from lessor.actors.base import DEFERRED, Call, LessorActor, Reply, answer, answer_error
 from lessor.actors.timer import DeadlineTimer
-
 from lessor.core.pool import (
     Check,
     Create,
@@ -29,14 +30,30 @@ from lessor.core.pool import (
     Fail,
     Grant,
     PoolCore,
+    Reclaimed,
     Reset,
 )
-from lessor.errors import LessorError, NoSuchPool, ProtocolError
+from lessor.errors import (
+    ActorRestarted,
+    LessorError,
+    NoSuchPool,
+    ProtocolError,
+    ShuttingDown,
+    StaleLease,
+)
 from lessor.factory import overrides
-from lessor.messages import Acquire, GetStats, Lease, Release, Renew
+from lessor.messages import Acquire, GetStats, Lease, LeaseExpired, Release, Renew
 from lessor.specs import PoolSpec
+from lessor.supervisor.events import EventLog
 
-__all__ = ["CancelAcquire", "PoolActor"]
+__all__ = [
+    "AwaitDrained",
+    "BeginDrain",
+    "CancelAcquire",
+    "PoolActor",
+    "PoolLineage",
+    "ReclaimAll",
+]
 
 log = logging.getLogger("lessor.pool")
 
@@ -70,6 +87,43 @@ class _ResetDone:
 
 
 @dataclass(frozen=True, slots=True)
+class _HolderGone:
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class BeginDrain:
+    """Shutdown, step 1: refuse new Acquires (ShuttingDown) and fail queued ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitDrained:
+    """Shutdown, step 2: ``reply`` is answered once no lease is out."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimAll:
+    """Shutdown, step 3 (the deadline passed): take every lease back; answered with them."""
+
+    why: str
+
+
+class PoolLineage:
+    """What one supervised pool passes from an incarnation to the next.
+
+    The epochs of earlier incarnations (their leases are stale, not unknown) and the
+    leases a crashed incarnation left with live holders (orphans: their resources
+    are destroyed when the holder lets go, and count against ``max_size`` till then).
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[str] = []
+        self.orphans: list[Lease] = []
+
+
+@dataclass(frozen=True, slots=True)
 class CancelAcquire:
     """Sent by a caller whose own wait gave up first (poolboy's ``cancel_waiting``).
 
@@ -84,51 +138,87 @@ _TICK = _Tick()
 
 
 class PoolActor(LessorActor):
-    """One pool. Start with ``PoolActor.start(spec)``; talk to it through a PoolHandle."""
+    """One pool. Start with ``PoolActor.start(spec)``; talk to it through a PoolHandle.
+
+    Under a supervisor, ``lineage`` carries epochs and orphaned leases across
+    restarts and ``events`` receives a record of every reclaimed lease.
+    """
+
+    lessor_kind = "pool"
 
     def __init__(
         self,
         spec: PoolSpec,
         *,
-        epoch: str | None = None,
-        past_epochs: frozenset[str] = frozenset(),
+        lineage: PoolLineage | None = None,
+        events: EventLog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.epoch = epoch or secrets.token_hex(4)
+        self.epoch = secrets.token_hex(4)
+        self._lineage = lineage or PoolLineage()
+        self._events = events
         self._factory = spec.factory
         self._clock = clock
+        orphans, self._lineage.orphans = self._lineage.orphans, []
         self.core = PoolCore(
             spec,
             epoch=self.epoch,
             has_check=overrides(spec.factory, "check"),
             has_reset=overrides(spec.factory, "reset"),
             reusable=spec.factory.reusable,
-            past_epochs=past_epochs,
+            past_epochs=frozenset(self._lineage.epochs),
+            orphans=orphans,
         )
+        self._lineage.epochs.append(self.epoch)
         self._executor: ThreadPoolExecutor | None = None
         self._timer: DeadlineTimer | None = None
+        self._drained: list[Reply] = []
+        self._failed = False
+        self._on_holder_gone: Callable[[str], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def on_start(self) -> None:
         name = self.spec.name
-        self._executor = ThreadPoolExecutor(self.spec.workers, thread_name_prefix=f"lessor-{name}")
         ref = self.actor_ref
-        self._timer = DeadlineTimer(
-            lambda: ref.tell(_TICK), name=f"lessor-{name}-timer", clock=self._clock
-        )
-        self._apply(self.core.start(self._clock()))
+        try:
+            self._executor = ThreadPoolExecutor(
+                self.spec.workers, thread_name_prefix=f"lessor-{name}"
+            )
+            self._timer = DeadlineTimer(
+                lambda: ref.tell(_TICK), name=f"lessor-{name}-timer", clock=self._clock
+            )
+            self._on_holder_gone = lambda holder: ref.tell(_HolderGone(holder))
+            holders.subscribe(self._on_holder_gone)
+            self._apply(self.core.start(self._clock()))
+        except BaseException:
+            self._failed = True
+            self._shutdown()
+            raise
 
     def on_stop(self) -> None:
         self._shutdown()
 
     def on_failure(self, *_exc_info: Any) -> None:
+        self._failed = True
         self._shutdown()
 
     def _shutdown(self) -> None:
-        self._apply(self.core.close(self._clock()))
+        if self._on_holder_gone is not None:
+            holders.unsubscribe(self._on_holder_gone)
+        now = self._clock()
+        if self._failed:
+            # Holders keep what they hold; the next incarnation adopts it as orphans.
+            self._lineage.orphans = self.core.handover()
+            error: LessorError = ActorRestarted(f"pool {self.spec.name!r} failed; restarting")
+            self._apply(self.core.close(now, error))
+        else:
+            self._apply(self.core.close(now))
+            self._apply(self.core.reclaim_all(now, "pool stopped")[1])
+        for reply in self._drained:
+            answer(reply, None)
         self.drain_inbox(self._late_tell)
         if self._timer is not None:
             self._timer.close()
@@ -158,7 +248,10 @@ class PoolActor(LessorActor):
             )
             result = DEFERRED
         elif isinstance(msg, Release):
-            self._apply(core.release(now, msg.lease_id, call.holder, msg.broken))
+            try:
+                self._apply(core.release(now, msg.lease_id, call.holder, msg.broken))
+            except StaleLease as exc:  # accepted: the restart already took it back
+                log.info("pool %r: %s (ignored)", self.spec.name, exc)
             result = None
         elif isinstance(msg, Renew):
             result = core.renew(now, msg.lease_id, call.holder, msg.ttl)
@@ -185,6 +278,19 @@ class PoolActor(LessorActor):
             self._apply(core.reset_done(now, message.slot, message.ok))
         elif isinstance(message, CancelAcquire):
             self._cancel(now, message)
+        elif isinstance(message, _HolderGone):
+            if core.leases_of(message.holder) or core.orphans:
+                self._apply(core.reclaim_holder(now, message.holder))
+        elif isinstance(message, BeginDrain):
+            core.stop_admitting()
+            self._apply(core.fail_waiters(ShuttingDown(f"pool {self.spec.name!r} shutting down")))
+        elif isinstance(message, AwaitDrained):
+            self._drained.append(message.reply)
+        elif isinstance(message, ReclaimAll):
+            taken, decisions = core.reclaim_all(now, message.why)
+            self._apply(decisions)
+            self._arm()
+            return taken
         else:
             return super().handle_internal(message)
         self._arm()
@@ -203,6 +309,10 @@ class PoolActor(LessorActor):
     # -- carrying out decisions --------------------------------------------------------
 
     def _arm(self) -> None:
+        if self._drained and not self.core.leased:
+            for reply in self._drained:
+                answer(reply, None)
+            self._drained.clear()
         timer = self._timer
         if timer is not None:
             due = self.core.next_deadline()
@@ -223,17 +333,22 @@ class PoolActor(LessorActor):
                 self._submit(self._check, d.slot, d.resource)
             elif isinstance(d, Reset):
                 self._submit(self._reset, d.slot, d.resource)
+            elif isinstance(d, Reclaimed):
+                self._reclaimed(f"{d.lease.id} of {d.lease.holder}: {d.why}")
             else:
                 self.on_expired(d.lease)
 
     def on_expired(self, lease: Lease) -> None:
-        """A lease ran out and was reclaimed; supervised pools tell its holder."""
-        log.info(
-            "pool %r: lease %s of %s expired and was reclaimed",
-            self.spec.name,
-            lease.id,
-            lease.holder,
-        )
+        """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit)."""
+        actor = holders.holder_actor(lease.holder)
+        if actor is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                actor.tell(LeaseExpired(lease.id, lease.pool))
+
+    def _reclaimed(self, detail: str) -> None:
+        log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)
+        if self._events is not None:
+            self._events.emit("lease_reclaimed", self.spec.name, detail)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         executor = self._executor

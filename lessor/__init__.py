@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from lessor.errors import (
     AcquireTimeout,
+    ActorRestarted,
+    ActorStopped,
     DoubleRelease,
     ExpiredLease,
     ForeignLease,
@@ -20,10 +22,12 @@ from lessor.errors import (
     ProtocolError,
     ShuttingDown,
     StaleLease,
+    SupervisorGaveUp,
     UnknownLease,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
 from lessor.handle import PoolHandle, start_pool
+from lessor.holder import bind_actor
 from lessor.messages import (
     Acquire,
     GetStats,
@@ -35,14 +39,21 @@ from lessor.messages import (
     decode,
     encode,
 )
-from lessor.specs import PoolSpec
+from lessor.runtime import Runtime, ShutdownReport
+from lessor.specs import Backoff, ChildSpec, PoolSpec, SupervisorSpec
+from lessor.supervisor.child import ChildRef
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Acquire",
     "AcquireTimeout",
+    "ActorRestarted",
+    "ActorStopped",
+    "Backoff",
     "CallableFactory",
+    "ChildRef",
+    "ChildSpec",
     "DoubleRelease",
     "ExpiredLease",
     "Factory",
@@ -61,10 +72,15 @@ __all__ = [
     "ProtocolError",
     "Release",
     "Renew",
+    "Runtime",
+    "ShutdownReport",
     "ShuttingDown",
     "StaleLease",
+    "SupervisorGaveUp",
+    "SupervisorSpec",
     "TokenFactory",
     "UnknownLease",
+    "bind_actor",
     "decode",
     "encode",
     "start_pool",

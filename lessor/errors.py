@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "AcquireTimeout",
+    "ActorRestarted",
+    "ActorStopped",
     "DoubleRelease",
     "ExpiredLease",
     "ForeignLease",
@@ -21,6 +23,7 @@ __all__ = [
     "ProtocolError",
     "ShuttingDown",
     "StaleLease",
+    "SupervisorGaveUp",
     "UnknownLease",
 ]
 
@@ -74,6 +77,21 @@ class StaleLease(LeaseError):
 
 class ExpiredLease(LeaseError):
     """The lease was reclaimed (its ttl ran out, or the pool took it back) before this use."""
+
+
+class ActorStopped(LessorError):
+    """The actor a request went to stopped before answering, and will not come back."""
+
+
+class ActorRestarted(ActorStopped):
+    """The actor failed while the request was pending; its supervisor is restarting it.
+
+    The request was not carried out: retrying it reaches the new incarnation.
+    """
+
+
+class SupervisorGaveUp(LessorError):
+    """Children failed more often than the restart intensity allows; the tree escalated."""
 
 
 class ProtocolError(LessorError):

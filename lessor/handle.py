@@ -7,6 +7,7 @@ It sends the same messages a worker process would (``ask(Acquire(...))``,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,10 +17,11 @@ from pykka import ThreadingFuture
 
 from lessor.actors.base import CallEnvelope
 from lessor.actors.pool import CancelAcquire
-from lessor.errors import AcquireTimeout, PoolClosed
+from lessor.errors import AcquireTimeout, ActorRestarted, ActorStopped, ExpiredLease, PoolClosed
 from lessor.holder import current_holder
 from lessor.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
 from lessor.specs import PoolSpec
+from lessor.supervisor.child import ChildRef, ChildState
 
 __all__ = ["PoolHandle"]
 
@@ -33,34 +35,53 @@ class PoolHandle:
     """A reference to a running pool; cheap to copy, safe to share between threads."""
 
     def __init__(
-        self, ref: pykka.ActorRef[Any], spec: PoolSpec, holder: Callable[[], str] = current_holder
+        self,
+        target: pykka.ActorRef[Any] | ChildRef,
+        spec: PoolSpec,
+        holder: Callable[[], str] = current_holder,
     ) -> None:
-        self._ref = ref
+        self._target = target
         self.spec = spec
         self.name = spec.name
         self._holder = holder
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:
-        return self._ref
+        """The current incarnation's ref (it changes when a supervised pool restarts)."""
+        return self._current(REQUEST_TIMEOUT)
+
+    def _current(self, wait: float) -> pykka.ActorRef[Any]:
+        target = self._target
+        if not isinstance(target, ChildRef):
+            if not target.is_alive():
+                raise PoolClosed(f"pool {self.name!r} is not running")
+            return target
+        ref = target.ref  # fast path: running, no lock
+        if target.state == ChildState.RUNNING and ref is not None and ref.is_alive():
+            return ref
+        try:
+            return target.current(wait)  # waits through a restart
+        except ActorRestarted:
+            raise
+        except ActorStopped as exc:
+            raise PoolClosed(f"pool {self.name!r} is stopped") from exc
 
     def ask(self, message: Message, timeout: float | None = None) -> Any:
         """Send a request and wait for its answer; errors come back raised."""
-        if not self._ref.is_alive():
-            raise PoolClosed(f"pool {self.name!r} is not running")
-        future: ThreadingFuture[Any] = ThreadingFuture()
-        holder = self._holder()
-        self._ref.actor_inbox.put(CallEnvelope(message, future, holder))  # type: ignore[arg-type]
         if timeout is None:
             if isinstance(message, Acquire):
                 timeout = (message.timeout or self.spec.acquire_timeout) + ACQUIRE_GRACE
             else:
                 timeout = REQUEST_TIMEOUT
+        ref = self._current(timeout)
+        future: ThreadingFuture[Any] = ThreadingFuture()
+        holder = self._holder()
+        ref.actor_inbox.put(CallEnvelope(message, future, holder))  # type: ignore[arg-type]
         try:
             return future.get(timeout=timeout)
         except pykka.Timeout:
             if isinstance(message, Acquire):
-                self._ref.tell(CancelAcquire(future, holder))
+                ref.tell(CancelAcquire(future, holder))
                 raise AcquireTimeout(f"pool {self.name!r} did not answer in {timeout:g}s") from None
             raise PoolClosed(f"pool {self.name!r} did not answer in {timeout:g}s") from None
         except pykka.ActorDeadError as exc:
@@ -68,9 +89,8 @@ class PoolHandle:
 
     def tell(self, message: Message) -> None:
         """Send without waiting (Release); a refusal is logged by the pool."""
-        if not self._ref.is_alive():
-            raise PoolClosed(f"pool {self.name!r} is not running")
-        self._ref.actor_inbox.put(CallEnvelope(message, None, self._holder()))  # type: ignore[arg-type]
+        ref = self._current(REQUEST_TIMEOUT)
+        ref.actor_inbox.put(CallEnvelope(message, None, self._holder()))  # type: ignore[arg-type]
 
     def acquire(
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
@@ -98,13 +118,25 @@ class PoolHandle:
         try:
             yield lease.resource
         except BaseException as exc:
-            self.release(lease, broken=self.spec.factory.is_fatal(exc))
+            if not _expired(lease):
+                self.release(lease, broken=self.spec.factory.is_fatal(exc))
             raise
+        if _expired(lease):  # the pool reclaimed it (at expires_at): nothing to give back
+            raise ExpiredLease(f"lease {lease.id} expired before the block ended")
         self.release(lease)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the pool actor: waiters get PoolClosed, idle resources are destroyed."""
-        self._ref.stop(block=True, timeout=timeout)
+        """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.
+
+        A supervised pool is stopped by its Runtime's shutdown instead.
+        """
+        if isinstance(self._target, ChildRef):
+            raise TypeError("a supervised pool stops with its Runtime (runtime.shutdown())")
+        self._target.stop(block=True, timeout=timeout)
+
+
+def _expired(lease: Lease) -> bool:
+    return lease.expires_at is not None and time.monotonic() >= lease.expires_at
 
 
 def start_pool(spec: PoolSpec) -> PoolHandle:

@@ -1,21 +1,100 @@
-"""Who holds a lease: a string the pool records and checks on Release.
+"""Who holds a lease, and how the pool learns that a holder is gone.
 
-The identity comes from where a request is sent (the envelope), never from the
-message, so one thread or process cannot claim another's lease by naming it.
+A holder id comes from where a request is sent (the envelope), never from the
+message, so one thread cannot claim another's lease by naming it. Each thread
+that talks to a pool gets a unique id (``thread:<pid>:<ident>:<n>``; ``n`` keeps
+it unique when the OS reuses a thread ident) or, inside a supervised actor,
+``actor:<urn>``. A sentinel kept in thread-local storage is freed when the thread
+ends, and its finalizer tells every listening pool at once: holder death is
+noticed by the runtime, not by polling or a heartbeat.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ANONYMOUS", "current_holder"]
+__all__ = [
+    "ANONYMOUS",
+    "bind_actor",
+    "current_holder",
+    "holder_actor",
+    "subscribe",
+    "unsubscribe",
+]
 
 #: Holder of requests sent with a bare pykka ``ask``/``tell``, which carry no identity.
 ANONYMOUS = "anonymous"
 
-
 _local = threading.local()
+_numbers = itertools.count(1)
+_lock = threading.Lock()
+_listeners: list[Callable[[str], None]] = []
+_actors: dict[str, Any] = {}  # holder id -> pykka ActorRef, for LeaseExpired notices
+
+
+class _Sentinel:
+    __slots__ = ("__weakref__",)
+
+
+def _gone(holder: str) -> None:
+    with _lock:
+        listeners = list(_listeners)
+        _actors.pop(holder, None)
+    for listener in listeners:
+        with contextlib.suppress(Exception):  # a pool that already stopped
+            listener(holder)
+
+
+def _register(holder: str) -> str:
+    sentinel = _Sentinel()
+    _local.sentinel = sentinel
+    _local.holder = holder
+    weakref.finalize(sentinel, _gone, holder)
+    return holder
+
+
+def current_holder() -> str:
+    """The calling thread's holder id (cached: it is on every request)."""
+    try:
+        return _local.holder  # type: ignore[no-any-return]
+    except AttributeError:
+        ident = threading.get_ident()
+        return _register(f"thread:{os.getpid()}:{ident}:{next(_numbers)}")
+
+
+def bind_actor(actor_ref: Any) -> str:
+    """Make the calling actor thread hold leases as ``actor:<urn>`` and get LeaseExpired.
+
+    Supervised actors are bound automatically; call it in ``on_start`` of your own
+    unsupervised pykka actors that borrow from pools.
+    """
+    holder = f"actor:{actor_ref.actor_urn}"
+    with _lock:
+        _actors[holder] = actor_ref
+    return _register(holder)
+
+
+def holder_actor(holder: str) -> Any | None:
+    """The ActorRef behind an ``actor:`` holder id, if it is still registered."""
+    return _actors.get(holder)
+
+
+def subscribe(listener: Callable[[str], None]) -> None:
+    """Call ``listener(holder)`` whenever a holder thread or actor ends."""
+    with _lock:
+        _listeners.append(listener)
+
+
+def unsubscribe(listener: Callable[[str], None]) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
 
 
 def _forget() -> None:
@@ -23,12 +102,3 @@ def _forget() -> None:
 
 
 os.register_at_fork(after_in_child=_forget)  # a forked child is another holder
-
-
-def current_holder() -> str:
-    """The calling thread, as ``thread:<pid>:<ident>`` (cached: this is on every request)."""
-    try:
-        return _local.holder  # type: ignore[no-any-return]
-    except AttributeError:
-        _local.holder = f"thread:{os.getpid()}:{threading.get_ident()}"
-        return _local.holder  # type: ignore[no-any-return]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lessor.factory import Factory
 
-__all__ = ["PoolSpec"]
+__all__ = ["Backoff", "ChildSpec", "PoolSpec", "Restart", "Strategy", "SupervisorSpec"]
 
 
 def _require(ok: bool, name: str, why: str, value: Any) -> None:
@@ -23,6 +23,10 @@ def _require(ok: bool, name: str, why: str, value: Any) -> None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _nonempty(name: str, value: Any) -> None:
+    _require(isinstance(value, str) and bool(value), name, "must be a non-empty str", value)
 
 
 def _positive(name: str, value: Any, *, optional: bool = False) -> None:
@@ -62,12 +66,7 @@ class PoolSpec:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.name, str) and bool(self.name),
-            "name",
-            "must be a non-empty str",
-            self.name,
-        )
+        _nonempty("name", self.name)
         _require(
             isinstance(self.factory, Factory), "factory", "must be a lessor Factory", self.factory
         )
@@ -107,3 +106,93 @@ class PoolSpec:
             "must be >= 1",
             self.workers,
         )
+
+
+Restart = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before a restart: ``min * 2**n`` capped at ``max``, times up to ``1 + jitter``.
+
+    ``n`` counts restarts still inside the intensity window, so a crash loop against
+    a dead dependency slows down and a calm child restarts at once again.
+    """
+
+    min: float = 0.1
+    max: float = 10.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("min", self.min)
+        _require(_number(self.max) and self.max >= self.min, "max", "must be >= min", self.max)
+        _require(_number(self.jitter) and self.jitter >= 0, "jitter", "must be >= 0", self.jitter)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One child of a supervisor (OTP child spec).
+
+    ``start`` is a pykka actor class (started with ``args``/``kwargs``) or a nested
+    :class:`SupervisorSpec`. ``shutdown`` is how long the child gets to stop, in
+    seconds, or ``"brutal_kill"`` to not wait at all.
+    """
+
+    id: str
+    start: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    restart: Restart = "permanent"
+    shutdown: float | Literal["brutal_kill"] = 5.0
+
+    def __post_init__(self) -> None:
+        _nonempty("id", self.id)
+        _require(
+            isinstance(self.start, (type, SupervisorSpec)),
+            "start",
+            "must be an actor class or a SupervisorSpec",
+            self.start,
+        )
+        _require(
+            self.restart in ("permanent", "transient", "temporary"),
+            "restart",
+            "must be permanent, transient or temporary",
+            self.restart,
+        )
+        if self.shutdown != "brutal_kill":
+            _positive("shutdown", self.shutdown)
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    """A supervisor: its children, started in order and stopped in reverse order.
+
+    More than ``max_restarts`` restarts within ``max_seconds`` and the supervisor
+    stops its children and fails, escalating to its parent (OTP intensity/period).
+    """
+
+    id: str
+    children: tuple[ChildSpec, ...] = ()
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    backoff: Backoff | None = None
+
+    def __post_init__(self) -> None:
+        _nonempty("id", self.id)
+        _require(
+            self.strategy in ("one_for_one", "one_for_all", "rest_for_one"),
+            "strategy",
+            "must be one_for_one, one_for_all or rest_for_one",
+            self.strategy,
+        )
+        _require(
+            isinstance(self.max_restarts, int) and self.max_restarts >= 0,
+            "max_restarts",
+            "must be an int >= 0",
+            self.max_restarts,
+        )
+        _positive("max_seconds", self.max_seconds)
+        ids = [child.id for child in self.children]
+        _require(len(ids) == len(set(ids)), "children", "must have unique ids", ids)

@@ -145,15 +145,15 @@ def test_slow_factory_never_blocks_releases(start: StartPool) -> None:
     gate.set()
     first = pool.acquire(timeout=1)
     gate.clear()
-    thread, out = in_thread(lambda: pool.acquire(timeout=5))  # needs a create: blocks on gate
+    waiting = pool.actor_ref.ask(Acquire("p", 5.0), block=False)  # needs a create: blocks
     assert wait_until(lambda: pool.stats().creating == 1)
     pool.release(first)  # the actor is free while the factory is stuck
-    thread.join(5)
-    assert isinstance(out[0], Lease) and out[0].resource == first.resource
+    granted = waiting.get(timeout=5)
+    assert granted.resource == first.resource
     assert pool.stats().creating == 1
     gate.set()
     assert wait_until(lambda: pool.stats().size == 2)
-    pool.release(out[0])
+    pool.actor_ref.ask(Release(granted.id))
 
 
 def test_factory_errors_time_out_waiters_with_the_cause(start: StartPool) -> None:

@@ -17,6 +17,7 @@ import heapq
 import itertools
 import random
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "Fail",
     "Grant",
     "PoolCore",
+    "Reclaimed",
     "Reset",
 ]
 
@@ -98,13 +100,21 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """A lease was taken from its holder (expired, holder died, shutdown, ...)."""
+
+    lease: Lease
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A lease ran past its ttl and was reclaimed: tell its holder."""
 
     lease: Lease
 
 
-Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired
+Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed
 _CREATE = Create()
 
 _QUEUED, _SERVING, _DONE = 0, 1, 2
@@ -158,6 +168,9 @@ class PoolCore:
 
     ``epoch`` makes its lease ids unique across restarts; ``past_epochs`` are the
     earlier incarnations' epochs, whose leases are reported as stale, not unknown.
+    ``orphans`` are leases a crashed incarnation left with live holders: they are
+    not this pool's to hand out again, but they count against ``max_size`` until
+    their holder releases them or dies, and then their resource is destroyed.
     """
 
     def __init__(
@@ -170,6 +183,7 @@ class PoolCore:
         reusable: bool = False,
         rng: random.Random | None = None,
         past_epochs: frozenset[str] = frozenset(),
+        orphans: Sequence[Lease] = (),
     ) -> None:
         self.spec = spec
         self.epoch = epoch
@@ -198,6 +212,7 @@ class PoolCore:
         self._expiries: list[tuple[float, str]] = []
         self._retire: list[tuple[float, int]] = []
         self._ended: OrderedDict[str, str] = OrderedDict()
+        self._orphans: dict[str, Lease] = {lease.id: lease for lease in orphans}
 
         self._failures = 0
         self._retry_at = 0.0
@@ -239,6 +254,14 @@ class PoolCore:
 
     def leases(self) -> list[Lease]:
         return [slot.lease for slot in self._leased.values() if slot.lease is not None]
+
+    @property
+    def orphans(self) -> int:
+        return len(self._orphans)
+
+    def handover(self) -> list[Lease]:
+        """Leases still out (this incarnation's and inherited ones), for the next incarnation."""
+        return [*self.leases(), *self._orphans.values()]
 
     def leases_of(self, holder: str) -> list[str]:
         return list(self._by_holder.get(holder, ()))
@@ -306,6 +329,8 @@ class PoolCore:
         """Take a lease back. A bad id or holder raises a LeaseError and changes nothing."""
         slot = self._leased.get(lease_id)
         if slot is None or slot.lease is None:
+            if lease_id in self._orphans:
+                return self._release_orphan(now, lease_id, holder)
             raise self._lease_error(lease_id)
         lease = slot.lease
         if lease.holder != holder:
@@ -323,6 +348,15 @@ class PoolCore:
             out.append(Reset(slot.id, slot.resource))
         else:
             self._to_idle(now, slot, out)
+        self._dispatch(now, out)
+        return out
+
+    def _release_orphan(self, now: float, lease_id: str, holder: str) -> list[Decision]:
+        orphan = self._orphans[lease_id]
+        if orphan.holder != holder:
+            raise ForeignLease(f"lease {lease_id} is held by {orphan.holder}, not {holder}")
+        del self._orphans[lease_id]
+        out: list[Decision] = [Destroy(orphan.resource, "released after a restart")]
         self._dispatch(now, out)
         return out
 
@@ -467,6 +501,9 @@ class PoolCore:
         out: list[Decision] = []
         for lease_id in list(self._by_holder.get(holder, ())):
             self._reclaim(now, self._leased[lease_id], why, out)
+        for orphan in [o for o in self._orphans.values() if o.holder == holder]:
+            del self._orphans[orphan.id]
+            out += [Reclaimed(orphan, why), Destroy(orphan.resource, why)]
         self._dispatch(now, out)
         return out
 
@@ -476,22 +513,31 @@ class PoolCore:
         taken = self.leases()
         for lease in taken:
             self._reclaim(now, self._leased[lease.id], why, out)
+        orphans = list(self._orphans.values())
+        self._orphans.clear()
+        for orphan in orphans:
+            out += [Reclaimed(orphan, why), Destroy(orphan.resource, why)]
         self._dispatch(now, out)
-        return taken, out
+        return [*taken, *orphans], out
 
     def stop_admitting(self) -> None:
         """New Acquires get ShuttingDown; releases and queued waiters carry on."""
         self._admitting = False
 
-    def close(self, now: float) -> list[Decision]:
-        """Fail every waiter, destroy idle resources; leased ones are destroyed on return."""
-        self._closed = True
+    def fail_waiters(self, error: LessorError) -> list[Decision]:
+        """Answer every queued Acquire with ``error`` (shutdown, close, crash)."""
         out: list[Decision] = []
         for waiter in [*self._waiters.values(), *self._serving.values()]:
             if waiter.state != _DONE:
                 waiter.state = _DONE
-                out.append(Fail(waiter.ticket, PoolClosed(f"pool {self.spec.name!r} closed")))
+                out.append(Fail(waiter.ticket, error))
         self._waiters.clear()
+        return out
+
+    def close(self, now: float, error: LessorError | None = None) -> list[Decision]:
+        """Fail every waiter, destroy idle resources; leased ones are destroyed on return."""
+        self._closed = True
+        out = self.fail_waiters(error or PoolClosed(f"pool {self.spec.name!r} closed"))
         while self._idle:
             self._destroy(self._idle.pop(), "closed", out)
         return out
@@ -545,7 +591,7 @@ class PoolCore:
     def _plan_creates(self, now: float, out: list[Decision]) -> None:
         if self._closed:
             return
-        room = self.spec.max_size - len(self._slots) - self._creating
+        room = self.spec.max_size - len(self._slots) - self._creating - len(self._orphans)
         if room <= 0:
             return
         want = self._demand()
@@ -624,6 +670,7 @@ class PoolCore:
         lease = slot.lease
         assert lease is not None
         self._unlease(slot, lease, why)
+        out.append(Reclaimed(lease, why))
         self.counters.reclaimed += 1
         self.counters.hold_ms.add((now - lease.granted_at) * 1000.0)
         if self._reusable:

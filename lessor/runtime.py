@@ -1,0 +1,225 @@
+"""Runtime: the root of one process's supervision tree, and its graceful shutdown.
+
+``shutdown(timeout)`` drains before it stops: new Acquires get ``ShuttingDown``,
+holders get until the deadline to release, whatever is still out at the deadline
+is reclaimed and listed in the report, then children stop in reverse start order,
+each within its own shutdown time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import pykka
+from pykka import ThreadingFuture
+
+from lessor.actors.pool import AwaitDrained, BeginDrain, PoolActor, PoolLineage, ReclaimAll
+from lessor.errors import LessorError, SupervisorGaveUp
+from lessor.handle import PoolHandle
+from lessor.messages import Lease
+from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
+from lessor.supervisor.child import ChildRef
+from lessor.supervisor.events import Event, EventLog
+from lessor.supervisor.supervisor import AddChild, GetTree, StopChildren, start_supervised
+from lessor.supervisor.supervisor import Supervisor as _Supervisor
+
+__all__ = ["Runtime", "ShutdownReport"]
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a shutdown did. ``reclaimed``: leases still out at the deadline; ``killed``:
+    children that did not stop within their shutdown time."""
+
+    reclaimed: tuple[Lease, ...]
+    killed: tuple[str, ...]
+    duration_s: float
+    failure: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.reclaimed and not self.killed and self.failure is None
+
+
+class Runtime:
+    """The supervision tree of this process. Use as a context manager or call ``shutdown``.
+
+    Built in the main thread (and with ``handle_signals``), SIGTERM, SIGINT and
+    interpreter exit shut it down gracefully.
+    """
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        backoff: Backoff | None = None,
+        shutdown_timeout: float = 10.0,
+        handle_signals: bool = True,
+        events: int = 1000,
+    ) -> None:
+        self.shutdown_timeout = shutdown_timeout
+        self.event_log = EventLog(events)
+        self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
+        self._pools: dict[str, PoolHandle] = {}
+        self._lock = threading.Lock()
+        self._report: ShutdownReport | None = None
+        self._failure: BaseException | None = None
+        self._failed = threading.Event()
+        self._root = start_supervised(
+            _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False
+        )
+        self._signals: dict[int, Any] = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._signals[signum] = signal.signal(signum, self._on_signal)
+            atexit.register(self._at_exit)
+
+    # -- building the tree -------------------------------------------------------------
+
+    def add_pool(
+        self,
+        spec: PoolSpec,
+        *,
+        restart: Restart = "permanent",
+        shutdown: float = 5.0,
+    ) -> PoolHandle:
+        """Start a supervised pool; the handle follows it across restarts."""
+        kwargs = {"lineage": PoolLineage(), "events": self.event_log}
+        child = self.add_child(ChildSpec(spec.name, PoolActor, (spec,), kwargs, restart, shutdown))
+        handle = PoolHandle(child, spec)
+        with self._lock:
+            self._pools[spec.name] = handle
+        return handle
+
+    def add_child(self, spec: ChildSpec) -> ChildRef:
+        """Start any supervised child: a pykka actor class or a nested SupervisorSpec."""
+        self._check()
+        child: ChildRef = self._root.ask(AddChild(spec), timeout=30)
+        return child
+
+    def pool(self, name: str) -> PoolHandle:
+        return self._pools[name]
+
+    def tree(self) -> dict[str, Any]:
+        """The live tree: id, kind, state, restarts, uptime and children of every node."""
+        self._check()
+        tree: dict[str, Any] = self._root.ask(GetTree(), timeout=30)
+        return tree
+
+    def events(self) -> list[Event]:
+        return self.event_log.snapshot()
+
+    # -- failure -----------------------------------------------------------------------
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the root supervisor gave up, if it did."""
+        return self._failure
+
+    def wait_failed(self, timeout: float | None = None) -> bool:
+        return self._failed.wait(timeout)
+
+    def _root_exited(self, reason: BaseException | None) -> None:
+        if reason is None or self._report is not None:
+            return
+        self._failure = reason
+        self._failed.set()
+        # Stop what is left from another thread: the root's own thread is ending.
+        threading.Thread(target=self.shutdown, args=(0.0,), name="lessor-root-failed").start()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise SupervisorGaveUp(f"the runtime stopped: {self._failure}") from self._failure
+        if self._report is not None:
+            raise LessorError("the runtime was shut down")
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        """Drain, reclaim at the deadline, stop children in reverse order. Idempotent."""
+        with self._lock:
+            if self._report is not None:
+                return self._report
+            began = time.monotonic()
+            deadline = began + (self.shutdown_timeout if timeout is None else timeout)
+            refs = [ref for ref in (self._live(h) for h in self._pools.values()) if ref]
+            for ref in refs:
+                ref.tell(BeginDrain())
+            drained = []
+            for ref in refs:
+                future: ThreadingFuture[Any] = ThreadingFuture()
+                ref.tell(AwaitDrained(future))
+                drained.append(future)
+            for future in drained:
+                with contextlib.suppress(pykka.Timeout):
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+            reclaimed: list[Lease] = []
+            for ref in refs:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    reclaimed += ref.ask(ReclaimAll("shutdown deadline"), timeout=5)
+            killed: list[str] = []
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                killed = self._root.ask(StopChildren(), timeout=max(60.0, timeout or 0))
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self._root.stop(block=True, timeout=5)
+            self._restore_signals()
+            failure = self._failure
+            self._report = ShutdownReport(
+                tuple(reclaimed),
+                tuple(killed),
+                round(time.monotonic() - began, 3),
+                None if failure is None else f"{type(failure).__name__}: {failure}",
+            )
+            return self._report
+
+    @staticmethod
+    def _live(handle: PoolHandle) -> pykka.ActorRef[Any] | None:
+        try:
+            return handle._current(0.0)
+        except LessorError:
+            return None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._signals.get(signum)
+        self.shutdown()
+        if callable(previous):
+            previous(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            raise SystemExit(128 + signum)
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._signals.items():
+            with contextlib.suppress(ValueError, TypeError):
+                if signal.getsignal(signum) == self._on_signal:
+                    signal.signal(signum, previous)
+        self._signals.clear()
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        self.shutdown()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+        if exc is None and self._failure is not None:
+            raise SupervisorGaveUp(f"the runtime stopped: {self._failure}") from self._failure

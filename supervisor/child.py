@@ -1,0 +1,129 @@
+"""A supervised child: its live record, and the monitor that reports its exit.
+
+``ChildRef`` always points at the child's current incarnation; callers wait on it
+while a restart is under way instead of failing. ``watched(cls, ...)`` makes a
+subclass of any pykka actor class that tells its supervisor the moment the actor's
+thread finishes, with the exception that killed it (an error in ``on_start``, in a
+told message, or in ``on_stop``), and answers asks still in its inbox with
+``ActorRestarted``/``ActorStopped`` so no caller hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import pykka
+from pykka.messages import _ActorStop
+
+from lessor.errors import ActorRestarted, ActorStopped
+from lessor.holder import bind_actor
+from lessor.specs import ChildSpec
+
+__all__ = ["ChildRef", "ChildState", "watched"]
+
+
+class ChildState:
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ChildRef:
+    """The current incarnation of one child; shared by its supervisor and its users."""
+
+    def __init__(self, spec: ChildSpec, path: str) -> None:
+        self.spec = spec
+        self.path = path
+        self.state = ChildState.STARTING
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.incarnation = 0
+        self.restarts = 0
+        self.started_at = time.monotonic()
+        self._cond = threading.Condition()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def set_state(self, state: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        with self._cond:
+            self.state = state
+            if ref is not None:
+                self.ref = ref
+                self.started_at = time.monotonic()
+            self._cond.notify_all()
+
+    def current(self, timeout: float) -> pykka.ActorRef[Any]:
+        """The running incarnation, waiting up to ``timeout`` through a restart."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                ref = self.ref
+                if self.state == ChildState.RUNNING and ref is not None and ref.is_alive():
+                    return ref
+                if self.state == ChildState.STOPPED:
+                    raise ActorStopped(f"{self.path} is stopped")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ActorRestarted(f"{self.path} is {self.state}; not back in {timeout:g}s")
+                # A dead ref in RUNNING means the supervisor is about to hear of it.
+                self._cond.wait(
+                    min(remaining, 0.05) if self.state == ChildState.RUNNING else remaining
+                )
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at if self.state == ChildState.RUNNING else 0.0
+
+
+ExitCallback = Callable[[BaseException | None], None]
+
+
+def watched(cls: type[pykka.Actor], on_exit: ExitCallback, restartable: bool) -> type[Any]:
+    """A subclass of ``cls`` that reports its exit; one per incarnation."""
+
+    class Watched(cls):  # type: ignore[valid-type,misc]
+        _lessor_reason: BaseException | None = None
+        _lessor_restartable = restartable
+
+        def _handle_failure(
+            self,
+            exc_type: type[BaseException] | None,
+            exc_value: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> None:
+            if self._lessor_reason is None:
+                self._lessor_reason = exc_value or RuntimeError(f"{exc_type} in {self}")
+            super()._handle_failure(exc_type, exc_value, traceback)
+
+        def _actor_loop(self) -> None:
+            bind_actor(self.actor_ref)
+            try:
+                super()._actor_loop()
+            finally:
+                on_exit(self._lessor_reason)
+
+        def _actor_loop_teardown(self) -> None:
+            if self._lessor_reason is not None and self._lessor_restartable:
+                error: ActorStopped = ActorRestarted(f"{self} failed and is being restarted")
+            else:
+                error = ActorStopped(f"{self} stopped")
+            inbox = self.actor_inbox
+            while not inbox.empty():
+                envelope = inbox.get()
+                reply = envelope.reply_to
+                if reply is None:
+                    continue
+                if isinstance(envelope.message, _ActorStop):
+                    reply.set(None)
+                else:
+                    reply.set_exception(exc_info=(type(error), error, None))
+
+    Watched.__name__ = cls.__name__
+    Watched.__qualname__ = cls.__qualname__
+    return Watched
