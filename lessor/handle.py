@@ -48,7 +48,9 @@ class PoolHandle:
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:
         """The current incarnation's ref (it changes when a supervised pool restarts)."""
-        return self._current(REQUEST_TIMEOUT)
+        if isinstance(self._target, ChildRef):
+            return self._current(REQUEST_TIMEOUT)
+        return self._target
 
     def _current(self, wait: float) -> pykka.ActorRef[Any]:
         target = self._target

@@ -33,6 +33,10 @@ from lessor.supervisor.supervisor import Supervisor as _Supervisor
 __all__ = ["Runtime", "ShutdownReport"]
 
 
+def _ask(ref: pykka.ActorRef[Any], message: Any, timeout: float) -> Any:
+    return ref.ask(message, timeout=timeout)
+
+
 @dataclass(frozen=True)
 class ShutdownReport:
     """What a shutdown did. ``reclaimed``: leases still out at the deadline; ``killed``:
@@ -103,7 +107,7 @@ class Runtime:
     def add_child(self, spec: ChildSpec) -> ChildRef:
         """Start any supervised child: a pykka actor class or a nested SupervisorSpec."""
         self._check()
-        child: ChildRef = self._root.ask(AddChild(spec), timeout=30)
+        child: ChildRef = _ask(self._root, AddChild(spec), 30)
         return child
 
     def pool(self, name: str) -> PoolHandle:
@@ -112,7 +116,7 @@ class Runtime:
     def tree(self) -> dict[str, Any]:
         """The live tree: id, kind, state, restarts, uptime and children of every node."""
         self._check()
-        tree: dict[str, Any] = self._root.ask(GetTree(), timeout=30)
+        tree: dict[str, Any] = _ask(self._root, GetTree(), 30)
         return tree
 
     def events(self) -> list[Event]:
@@ -165,10 +169,10 @@ class Runtime:
             reclaimed: list[Lease] = []
             for ref in refs:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    reclaimed += ref.ask(ReclaimAll("shutdown deadline"), timeout=5)
+                    reclaimed += _ask(ref, ReclaimAll("shutdown deadline"), 5)
             killed: list[str] = []
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                killed = self._root.ask(StopChildren(), timeout=max(60.0, timeout or 0))
+                killed = _ask(self._root, StopChildren(), max(60.0, timeout or 0))
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self._root.stop(block=True, timeout=5)
             self._restore_signals()
