@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -31,6 +32,8 @@ from lessor.supervisor.supervisor import AddChild, GetTree, StopChildren, start_
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
 
 __all__ = ["Runtime", "ShutdownReport"]
+
+log = logging.getLogger("lessor.runtime")
 
 
 def _ask(ref: pykka.ActorRef[Any], message: Any, timeout: float) -> Any:
@@ -182,6 +185,12 @@ class Runtime:
                 tuple(killed),
                 round(time.monotonic() - began, 3),
                 None if failure is None else f"{type(failure).__name__}: {failure}",
+            )
+            log.info(
+                "shutdown in %.3fs: %d leases reclaimed, killed %s",
+                self._report.duration_s,
+                len(reclaimed),
+                list(killed),
             )
             return self._report
 
