@@ -7,41 +7,56 @@ import json
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from lessor.factory import TokenFactory
-from lessor.handle import start_pool
+from lessor.runtime import Runtime
 from lessor.specs import PoolSpec
 
 __all__ = ["main"]
 
 
-def demo(threads: int = 8, jobs: int = 200, slots: int = 3) -> dict[str, object]:
-    """Many threads share a few slots through one pool actor; no slot is ever shared."""
-    pool = start_pool(PoolSpec("slots", TokenFactory(), max_size=slots, lease_ttl=30))
+def demo(threads: int = 8, jobs: int = 200, slots: int = 3) -> dict[str, Any]:
+    """Threads share a few slots through one supervised pool; no slot is ever shared.
+
+    One extra thread dies holding a slot, to show its lease coming back at once.
+    """
     holding: set[int] = set()
     lock = threading.Lock()
     clashes = 0
+    with Runtime(handle_signals=False) as runtime:
+        pool = runtime.add_pool(PoolSpec("slots", TokenFactory(), max_size=slots, lease_ttl=30))
 
-    def worker() -> None:
-        nonlocal clashes
-        for _ in range(jobs):
-            with pool.lease(timeout=10) as slot:
-                with lock:
-                    clashes += slot in holding
-                    holding.add(slot)
-                with lock:
-                    holding.discard(slot)
+        def worker() -> None:
+            nonlocal clashes
+            for _ in range(jobs):
+                with pool.lease(timeout=10) as slot:
+                    with lock:
+                        clashes += slot in holding
+                        holding.add(slot)
+                    with lock:
+                        holding.discard(slot)
 
-    try:
+        leaker = threading.Thread(target=pool.acquire, name="dies-holding-a-slot")
+        leaker.start()
+        leaker.join()
         workers = [threading.Thread(target=worker, name=f"job-{i}") for i in range(threads)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
         stats = pool.stats().as_dict()
-    finally:
-        pool.stop()
-    return {"threads": threads, "leases": threads * jobs, "clashes": clashes, "stats": stats}
+        tree = runtime.tree()
+        report = runtime.shutdown(timeout=5)
+    return {
+        "threads": threads,
+        "leases": threads * jobs,
+        "clashes": clashes,
+        "stats": stats,
+        "tree": tree,
+        "shutdown": {"clean": report.clean, "duration_s": report.duration_s,
+                     "reclaimed": [lease.id for lease in report.reclaimed]},
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
