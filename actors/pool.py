@@ -279,7 +279,7 @@ class PoolActor(LessorActor):
         elif isinstance(message, CancelAcquire):
             self._cancel(now, message)
         elif isinstance(message, _HolderGone):
-            if core.leases_of(message.holder) or core.orphans:
+            if core.leases_of(message.holder) or core.orphans or core.waiting:
                 self._apply(core.reclaim_holder(now, message.holder))
         elif isinstance(message, BeginDrain):
             core.stop_admitting()
@@ -340,10 +340,10 @@ class PoolActor(LessorActor):
 
     def on_expired(self, lease: Lease) -> None:
         """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit)."""
-        actor = holders.holder_actor(lease.holder)
-        if actor is not None:
+        receiver = holders.holder_receiver(lease.holder)
+        if receiver is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                actor.tell(LeaseExpired(lease.id, lease.pool))
+                receiver.tell(LeaseExpired(lease.id, lease.pool))
 
     def _reclaimed(self, detail: str) -> None:
         log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)

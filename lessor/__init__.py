@@ -7,6 +7,7 @@ processes as msgpack frames.
 
 from __future__ import annotations
 
+from lessor.client import Client, RemotePool, connect
 from lessor.errors import (
     AcquireTimeout,
     ActorRestarted,
@@ -17,12 +18,14 @@ from lessor.errors import (
     LeaseError,
     LessorError,
     NoSuchPool,
+    NotPortable,
     PoolClosed,
     PoolExhausted,
     ProtocolError,
     ShuttingDown,
     StaleLease,
     SupervisorGaveUp,
+    TaskFailed,
     UnknownLease,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
@@ -54,6 +57,7 @@ __all__ = [
     "CallableFactory",
     "ChildRef",
     "ChildSpec",
+    "Client",
     "DoubleRelease",
     "ExpiredLease",
     "Factory",
@@ -64,6 +68,7 @@ __all__ = [
     "LeaseExpired",
     "LessorError",
     "NoSuchPool",
+    "NotPortable",
     "PoolClosed",
     "PoolExhausted",
     "PoolHandle",
@@ -71,6 +76,7 @@ __all__ = [
     "PoolStats",
     "ProtocolError",
     "Release",
+    "RemotePool",
     "Renew",
     "Runtime",
     "ShutdownReport",
@@ -78,9 +84,11 @@ __all__ = [
     "StaleLease",
     "SupervisorGaveUp",
     "SupervisorSpec",
+    "TaskFailed",
     "TokenFactory",
     "UnknownLease",
     "bind_actor",
+    "connect",
     "decode",
     "encode",
     "start_pool",

@@ -18,12 +18,14 @@ __all__ = [
     "LeaseError",
     "LessorError",
     "NoSuchPool",
+    "NotPortable",
     "PoolClosed",
     "PoolExhausted",
     "ProtocolError",
     "ShuttingDown",
     "StaleLease",
     "SupervisorGaveUp",
+    "TaskFailed",
     "UnknownLease",
 ]
 
@@ -49,6 +51,10 @@ class PoolClosed(LessorError):
 
 class ShuttingDown(PoolClosed):
     """The runtime is shutting down: no new Acquires are admitted."""
+
+
+class NotPortable(LessorError):
+    """A worker process asked for a resource that cannot cross processes (a live connection)."""
 
 
 class NoSuchPool(LessorError):
@@ -92,6 +98,10 @@ class ActorRestarted(ActorStopped):
 
 class SupervisorGaveUp(LessorError):
     """Children failed more often than the restart intensity allows; the tree escalated."""
+
+
+class TaskFailed(LessorError):
+    """An item of ``Runtime.map`` failed in its worker (or its worker died twice on it)."""
 
 
 class ProtocolError(LessorError):

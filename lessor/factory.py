@@ -24,6 +24,8 @@ class Factory(Generic[R]):
 
     #: A reclaimed (expired or orphaned) resource may go back to the idle list.
     reusable: bool = False
+    #: Resources are plain msgpack-safe data that may be leased to worker processes.
+    portable: bool = False
 
     def create(self) -> R:
         raise NotImplementedError
@@ -58,11 +60,13 @@ class CallableFactory(Factory[R]):
         *,
         fatal: tuple[type[BaseException], ...] = (),
         reusable: bool = False,
+        portable: bool = False,
     ) -> None:
         self._create = create
         self._destroy = destroy
         self._fatal = fatal
         self.reusable = reusable
+        self.portable = portable
 
     def create(self) -> R:
         return self._create()
@@ -83,6 +87,7 @@ class TokenFactory(Factory[Any]):
     """
 
     reusable = True
+    portable = True
 
     def __init__(self, tokens: Iterable[Any] | None = None) -> None:
         self._tokens: list[Any] | None = None if tokens is None else list(tokens)

@@ -1,25 +1,33 @@
 """PoolHandle: how a thread or actor in the pool's process talks to a PoolActor.
 
 It sends the same messages a worker process would (``ask(Acquire(...))``,
-``tell(Release(...))``) with the caller's identity in the envelope, and adds the
-``lease()`` context manager. Release is a tell: a pair costs one round trip.
+``tell(Release(...))``) with the caller's identity in the envelope; the lease API
+comes from :class:`LeaseOps`. Release is a tell: a pair costs one round trip.
+The handle is also what the runtime's node delivers workers' requests to.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 from pykka import ThreadingFuture
 
-from lessor.actors.base import CallEnvelope
+from lessor.actors.base import CallEnvelope, Reply
 from lessor.actors.pool import CancelAcquire
-from lessor.errors import AcquireTimeout, ActorRestarted, ActorStopped, ExpiredLease, PoolClosed
+from lessor.errors import (
+    AcquireTimeout,
+    ActorRestarted,
+    ActorStopped,
+    LessorError,
+    NotPortable,
+    PoolClosed,
+)
 from lessor.holder import current_holder
-from lessor.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
+from lessor.leases import LeaseOps
+from lessor.messages import Acquire, Message
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef, ChildState
 
@@ -31,7 +39,7 @@ ACQUIRE_GRACE = 5.0
 REQUEST_TIMEOUT = 30.0
 
 
-class PoolHandle:
+class PoolHandle(LeaseOps):
     """A reference to a running pool; cheap to copy, safe to share between threads."""
 
     def __init__(
@@ -94,38 +102,25 @@ class PoolHandle:
         ref = self._current(REQUEST_TIMEOUT)
         ref.actor_inbox.put(CallEnvelope(message, None, self._holder()))  # type: ignore[arg-type]
 
-    def acquire(
-        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
-    ) -> Lease:
-        lease: Lease = self.ask(Acquire(self.name, timeout, priority, ttl))
-        return lease
+    def is_fatal(self, exc: BaseException) -> bool:
+        return self.spec.factory.is_fatal(exc)
 
-    def release(self, lease: Lease, broken: bool = False) -> None:
-        self.tell(Release(lease.id, broken))
+    # -- as a target of remote requests (the runtime's node delivers them here) --------
 
-    def renew(self, lease: Lease, ttl: float) -> Lease:
-        renewed: Lease = self.ask(Renew(lease.id, ttl))
-        return renewed
+    def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
+        """Hand a request from a worker process to the pool, without waiting."""
+        if isinstance(message, Acquire) and not self.spec.factory.portable:
+            raise NotPortable(
+                f"pool {self.name!r} holds resources that cannot cross processes; "
+                "use a process-scoped pool in the worker"
+            )
+        ref = self._current(0.0)
+        ref.actor_inbox.put(CallEnvelope(message, reply, holder))  # type: ignore[arg-type]
 
-    def stats(self) -> PoolStats:
-        stats: PoolStats = self.ask(GetStats())
-        return stats
-
-    @contextmanager
-    def lease(
-        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
-    ) -> Iterator[Any]:
-        """Borrow a resource for a block; an error the factory deems fatal breaks it."""
-        lease = self.acquire(timeout, priority, ttl)
-        try:
-            yield lease.resource
-        except BaseException as exc:
-            if not _expired(lease):
-                self.release(lease, broken=self.spec.factory.is_fatal(exc))
-            raise
-        if _expired(lease):  # the pool reclaimed it (at expires_at): nothing to give back
-            raise ExpiredLease(f"lease {lease.id} expired before the block ended")
-        self.release(lease)
+    def cancel(self, reply: Reply, holder: str) -> None:
+        """The remote caller gave up on an Acquire (poolboy's cancel_waiting)."""
+        with contextlib.suppress(LessorError, pykka.ActorDeadError):
+            self._current(0.0).tell(CancelAcquire(reply, holder))
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.
@@ -135,10 +130,6 @@ class PoolHandle:
         if isinstance(self._target, ChildRef):
             raise TypeError("a supervised pool stops with its Runtime (runtime.shutdown())")
         self._target.stop(block=True, timeout=timeout)
-
-
-def _expired(lease: Lease) -> bool:
-    return lease.expires_at is not None and time.monotonic() >= lease.expires_at
 
 
 def start_pool(spec: PoolSpec) -> PoolHandle:

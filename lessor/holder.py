@@ -22,8 +22,10 @@ from typing import Any
 __all__ = [
     "ANONYMOUS",
     "bind_actor",
+    "bind_receiver",
     "current_holder",
-    "holder_actor",
+    "holder_receiver",
+    "report_gone",
     "subscribe",
     "unsubscribe",
 ]
@@ -35,17 +37,18 @@ _local = threading.local()
 _numbers = itertools.count(1)
 _lock = threading.Lock()
 _listeners: list[Callable[[str], None]] = []
-_actors: dict[str, Any] = {}  # holder id -> pykka ActorRef, for LeaseExpired notices
+_receivers: dict[str, Any] = {}  # holder id -> something with tell(), for LeaseExpired
 
 
 class _Sentinel:
     __slots__ = ("__weakref__",)
 
 
-def _gone(holder: str) -> None:
+def report_gone(holder: str) -> None:
+    """Tell every listening pool that ``holder`` is gone (a thread, actor or worker process)."""
     with _lock:
         listeners = list(_listeners)
-        _actors.pop(holder, None)
+        _receivers.pop(holder, None)
     for listener in listeners:
         with contextlib.suppress(Exception):  # a pool that already stopped
             listener(holder)
@@ -55,7 +58,7 @@ def _register(holder: str) -> str:
     sentinel = _Sentinel()
     _local.sentinel = sentinel
     _local.holder = holder
-    weakref.finalize(sentinel, _gone, holder)
+    weakref.finalize(sentinel, report_gone, holder)
     return holder
 
 
@@ -75,14 +78,19 @@ def bind_actor(actor_ref: Any) -> str:
     unsupervised pykka actors that borrow from pools.
     """
     holder = f"actor:{actor_ref.actor_urn}"
-    with _lock:
-        _actors[holder] = actor_ref
+    bind_receiver(holder, actor_ref)
     return _register(holder)
 
 
-def holder_actor(holder: str) -> Any | None:
-    """The ActorRef behind an ``actor:`` holder id, if it is still registered."""
-    return _actors.get(holder)
+def bind_receiver(holder: str, receiver: Any) -> None:
+    """Route notices for ``holder`` (LeaseExpired) to ``receiver.tell``, until it is gone."""
+    with _lock:
+        _receivers[holder] = receiver
+
+
+def holder_receiver(holder: str) -> Any | None:
+    """Where notices for a holder go (an ActorRef, a worker connection), if anywhere."""
+    return _receivers.get(holder)
 
 
 def subscribe(listener: Callable[[str], None]) -> None:

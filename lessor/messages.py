@@ -26,15 +26,25 @@ from lessor.errors import ProtocolError
 
 __all__ = [
     "Acquire",
+    "Drain",
+    "ErrorReply",
     "GetStats",
+    "Hello",
     "Lease",
     "LeaseExpired",
     "Message",
+    "NextTask",
     "PoolStats",
     "Release",
     "Renew",
+    "Task",
+    "TaskResult",
     "decode",
     "encode",
+    "from_parts",
+    "pack",
+    "to_parts",
+    "unpack",
 ]
 
 
@@ -169,6 +179,62 @@ class LeaseExpired(Message):
     pool: str
 
 
+@_message(8)
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame on a worker connection, and the node's answer to it."""
+
+    version: int
+    worker_id: str
+    pid: int
+
+
+@_message(9)
+@dataclass(frozen=True, slots=True)
+class Drain(Message):
+    """Pushed to workers at shutdown: finish current work, release, exit within ``deadline_s``."""
+
+    deadline_s: float
+
+
+@_message(10)
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """A request failed: ``error`` names the lessor error class, ``text`` says why."""
+
+    error: str
+    text: str
+
+
+@_message(11)
+@dataclass(frozen=True, slots=True)
+class NextTask(Message):
+    """A ``Runtime.map`` worker asks for its next item."""
+
+    job: str
+
+
+@_message(12)
+@dataclass(frozen=True, slots=True)
+class Task(Message):
+    """One item of a ``Runtime.map`` job; ``index == -1`` means there is no more work."""
+
+    index: int
+    item: Any
+
+
+@_message(13)
+@dataclass(frozen=True, slots=True)
+class TaskResult(Message):
+    """The outcome of one item: ``value`` if ``ok``, else ``error`` (type and message)."""
+
+    job: str
+    index: int
+    ok: bool
+    value: Any
+    error: str
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is not None and not (isinstance(value, (int, float)) and value > 0):
         raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
@@ -216,26 +282,43 @@ for _cls in _REGISTRY.values():
     _CHECKS[_cls] = tuple(_compile(_hints[name]) for name in _FIELDS[_cls])
 
 
-def encode(msg: Message) -> bytes:
-    """Message -> msgpack frame. Raises ProtocolError for a non-msgpack-safe field."""
+def to_parts(msg: Message) -> list[Any]:
+    """The plain ``[tag, field, ...]`` form of a message, for embedding in a larger frame."""
     fields = _FIELDS.get(type(msg))
     if fields is None:
         raise ProtocolError(f"not a lessor message: {type(msg).__name__}")
+    return [msg.TAG, *[getattr(msg, f) for f in fields]]
+
+
+def pack(obj: Any, what: str = "frame") -> bytes:
+    """msgpack with lessor's settings; anything not msgpack-safe raises ProtocolError."""
     try:
-        frame: bytes = msgpack.packb(
-            [msg.TAG, *[getattr(msg, f) for f in fields]], use_bin_type=True
-        )
-        return frame
+        frame: bytes = msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+        raise ProtocolError(f"cannot encode {what}: {exc}") from exc
+    return frame
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack bytes -> plain objects; malformed input raises ProtocolError."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError...
+        raise ProtocolError(f"not a msgpack frame: {exc}") from exc
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> msgpack frame. Raises ProtocolError for a non-msgpack-safe field."""
+    return pack(to_parts(msg), type(msg).__name__)
 
 
 def decode(data: bytes) -> Message:
     """msgpack frame -> Message. Anything malformed raises ProtocolError, never more."""
-    try:
-        obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
-    except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError...
-        raise ProtocolError(f"not a msgpack frame: {exc}") from exc
+    return from_parts(unpack(data))
+
+
+def from_parts(obj: Any) -> Message:
+    """``[tag, field, ...]`` -> Message, checking every field's type."""
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise ProtocolError("a frame must be an array starting with an integer tag")
     cls = _REGISTRY.get(obj[0])

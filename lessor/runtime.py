@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -24,12 +26,21 @@ from pykka import ThreadingFuture
 from lessor.actors.pool import AwaitDrained, BeginDrain, PoolActor, PoolLineage, ReclaimAll
 from lessor.errors import LessorError, SupervisorGaveUp
 from lessor.handle import PoolHandle
+from lessor.mapjob import MapJob, map_worker
 from lessor.messages import Lease
+from lessor.node import Node
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
-from lessor.supervisor.supervisor import AddChild, GetTree, StopChildren, start_supervised
+from lessor.supervisor.supervisor import (
+    AddChild,
+    GetTree,
+    RemoveChild,
+    StopChildren,
+    start_supervised,
+)
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
+from lessor.supervisor.workers import StopWorkers, WorkerGroup, WorkerSpec
 
 __all__ = ["Runtime", "ShutdownReport"]
 
@@ -77,6 +88,9 @@ class Runtime:
         self.event_log = EventLog(events)
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
         self._pools: dict[str, PoolHandle] = {}
+        self._node: Node | None = None
+        self._groups: dict[str, ChildRef] = {}
+        self._jobs = itertools.count(1)
         self._lock = threading.Lock()
         self._report: ShutdownReport | None = None
         self._failure: BaseException | None = None
@@ -105,6 +119,8 @@ class Runtime:
         handle = PoolHandle(child, spec)
         with self._lock:
             self._pools[spec.name] = handle
+            if self._node is not None:
+                self._node.register(spec.name, handle)
         return handle
 
     def add_child(self, spec: ChildSpec) -> ChildRef:
@@ -115,6 +131,86 @@ class Runtime:
 
     def pool(self, name: str) -> PoolHandle:
         return self._pools[name]
+
+    # -- worker processes --------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        """The socket workers connect to; made on first use."""
+        with self._lock:
+            if self._node is None:
+                self._node = Node()
+                for name, handle in self._pools.items():
+                    self._node.register(name, handle)
+            return self._node
+
+    def spawn_workers(
+        self,
+        target: Callable[..., Any],
+        n: int,
+        args: tuple[Any, ...] = (),
+        restart: Restart = "permanent",
+        *,
+        name: str | None = None,
+        max_restarts: int = 10,
+        max_seconds: float = 10.0,
+    ) -> ChildRef:
+        """Start ``n`` supervised worker processes running ``target(*args)``.
+
+        ``target`` must be a module-level function; in it, ``lessor.connect()`` gives
+        the worker its client (``client.pool("name")`` has the in-process lease API).
+        """
+        name = name or f"workers-{next(self._jobs)}"
+        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds)
+        group = self.add_child(
+            ChildSpec(name, WorkerGroup, (spec, self.node, self.event_log, f"root/{name}"))
+        )
+        with self._lock:
+            self._groups[name] = group
+        return group
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        workers: int = 2,
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``[fn(item) for item in items]``, computed by ``workers`` worker processes.
+
+        Results come back in order. An item that raised is a TaskFailed: raised (the
+        first in order) or, with ``return_exceptions``, put in its place.
+        """
+        job = MapJob(f"map-{next(self._jobs)}", items)
+        node = self.node
+        node.register(job.name, job)
+        try:
+            if job.items:
+                group = self.spawn_workers(
+                    map_worker, min(workers, len(job.items)), (job.name, fn), "transient",
+                    name=job.name,
+                )  # fmt: skip
+                try:
+                    if not job.wait(timeout):
+                        raise TimeoutError(f"{job.name} did not finish in {timeout}s")
+                finally:
+                    with contextlib.suppress(LessorError, pykka.Timeout, pykka.ActorDeadError):
+                        _ask(group.current(0.0), StopWorkers(5.0), 30)  # most have exited
+                    with contextlib.suppress(LessorError, pykka.Timeout):
+                        _ask(self._root, RemoveChild(job.name), 60)
+                    with self._lock:
+                        self._groups.pop(job.name, None)
+        finally:
+            node.unregister(job.name)
+            job.close()
+        results = list(job.results)
+        for index, error in sorted(job.failed.items()):
+            if not return_exceptions:
+                raise error
+            results[index] = error
+        return results
 
     def tree(self) -> dict[str, Any]:
         """The live tree: id, kind, state, restarts, uptime and children of every node."""
@@ -161,6 +257,12 @@ class Runtime:
             refs = [ref for ref in (self._live(h) for h in self._pools.values()) if ref]
             for ref in refs:
                 ref.tell(BeginDrain())
+            stopping = []  # workers drain alongside the pools, and release as they exit
+            for group in self._groups.values():
+                with contextlib.suppress(LessorError):
+                    ref = group.current(0.0)
+                    remaining = max(0.0, deadline - time.monotonic())
+                    stopping.append(ref.ask(StopWorkers(remaining), block=False))
             drained = []
             for ref in refs:
                 future: ThreadingFuture[Any] = ThreadingFuture()
@@ -169,15 +271,20 @@ class Runtime:
             for future in drained:
                 with contextlib.suppress(pykka.Timeout):
                     future.get(timeout=max(0.0, deadline - time.monotonic()))
+            killed: list[str] = []
+            for pending in stopping:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    killed += pending.get(timeout=max(1.0, deadline - time.monotonic()) + 10)
             reclaimed: list[Lease] = []
             for ref in refs:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     reclaimed += _ask(ref, ReclaimAll("shutdown deadline"), 5)
-            killed: list[str] = []
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                killed = _ask(self._root, StopChildren(), max(60.0, timeout or 0))
+                killed += _ask(self._root, StopChildren(), max(60.0, timeout or 0))
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self._root.stop(block=True, timeout=5)
+            if self._node is not None:
+                self._node.close()
             self._restore_signals()
             failure = self._failure
             self._report = ShutdownReport(

@@ -30,7 +30,7 @@ class RestartIntensity:
         """Record a restart; False when it exceeds the intensity."""
         times = self._times
         times.append(now)
-        while times and times[0] <= now - self.max_seconds:
+        while times and times[0] < now - self.max_seconds:  # OTP keeps R >= Now - Period
             times.popleft()
         return len(times) <= self.max_restarts
 
@@ -116,5 +116,6 @@ class RestartPlanner:
         backoff = self.backoff
         if backoff is None:
             return 0.0
-        base = min(backoff.max, backoff.min * 2.0 ** max(0, self.intensity.recent - 1))
+        doublings = min(max(0, self.intensity.recent - 1), 64)  # 2.0**1024 overflows
+        base = min(backoff.max, backoff.min * 2.0**doublings)
         return base * (1.0 + backoff.jitter * self._rng.random())

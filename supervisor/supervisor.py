@@ -23,7 +23,7 @@ from lessor.supervisor.child import ChildRef, ChildState, watched
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
 
-__all__ = ["AddChild", "GetTree", "StopChildren", "Supervisor", "start_supervised"]
+__all__ = ["AddChild", "GetTree", "RemoveChild", "StopChildren", "Supervisor", "start_supervised"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,13 @@ class AddChild:
 @dataclass(frozen=True, slots=True)
 class GetTree:
     """Answered with this supervisor's subtree as nested dicts."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveChild:
+    """Stop a child and forget it (OTP terminate_child + delete_child)."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,10 @@ class Supervisor(pykka.ThreadingActor):
             return self._add(message.spec)
         elif isinstance(message, GetTree):
             return self.tree()
+        elif isinstance(message, RemoveChild):
+            for child in [c for c in self.children if c.id == message.id]:
+                self._stop_child(child)
+                self.children.remove(child)
         elif isinstance(message, StopChildren):
             self._stop_all()
             return list(self.killed)

@@ -497,8 +497,14 @@ class PoolCore:
     # -- ownership ---------------------------------------------------------------------
 
     def reclaim_holder(self, now: float, holder: str, why: str = "holder died") -> list[Decision]:
-        """Take back every lease of a holder that is gone."""
+        """Take back every lease of a holder that is gone, and drop what it was waiting for."""
         out: list[Decision] = []
+        gone = LessorError(f"holder {holder} is gone")
+        for waiter in [*self._waiters.values(), *self._serving.values()]:
+            if waiter.holder == holder and waiter.state != _DONE:
+                self._waiters.pop(waiter.ticket, None)
+                waiter.state = _DONE
+                out.append(Fail(waiter.ticket, gone))
         for lease_id in list(self._by_holder.get(holder, ())):
             self._reclaim(now, self._leased[lease_id], why, out)
         for orphan in [o for o in self._orphans.values() if o.holder == holder]:

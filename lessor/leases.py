@@ -1,0 +1,74 @@
+"""The lease API every pool handle offers, in-process or from a worker process.
+
+A handle only has to say how to ``ask`` and how to ``tell``; the conveniences
+(``acquire``, ``release``, ``renew``, ``stats`` and the ``lease()`` block) are the
+same everywhere, so worker code reads exactly like in-process code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from lessor.errors import ExpiredLease
+from lessor.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
+
+__all__ = ["LeaseOps"]
+
+
+class LeaseOps:
+    """Mixin: subclasses set ``name`` and implement ``ask``, ``tell`` and ``is_fatal``."""
+
+    name: str
+
+    def ask(self, message: Message, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def tell(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """Whether an error raised in a ``lease()`` block means the resource is broken."""
+        return False
+
+    def acquire(
+        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
+    ) -> Lease:
+        lease: Lease = self.ask(Acquire(self.name, timeout, priority, ttl))
+        return lease
+
+    def release(self, lease: Lease, broken: bool = False) -> None:
+        self.tell(Release(lease.id, broken))
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        renewed: Lease = self.ask(Renew(lease.id, ttl))
+        return renewed
+
+    def stats(self) -> PoolStats:
+        stats: PoolStats = self.ask(GetStats())
+        return stats
+
+    @contextmanager
+    def lease(
+        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
+    ) -> Iterator[Any]:
+        """Borrow a resource for a block; an error deemed fatal releases it as broken.
+
+        Raises ExpiredLease on exit if the lease outlived its ttl (it was reclaimed).
+        """
+        lease = self.acquire(timeout, priority, ttl)
+        try:
+            yield lease.resource
+        except BaseException as exc:
+            if not _expired(lease):
+                self.release(lease, broken=self.is_fatal(exc))
+            raise
+        if _expired(lease):  # the pool reclaimed it at expires_at: nothing to give back
+            raise ExpiredLease(f"lease {lease.id} expired before the block ended")
+        self.release(lease)
+
+
+def _expired(lease: Lease) -> bool:
+    return lease.expires_at is not None and time.monotonic() >= lease.expires_at

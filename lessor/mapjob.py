@@ -1,0 +1,116 @@
+"""MapJob: hands out the items of ``Runtime.map`` to worker processes, one at a time.
+
+Workers ask for their next item (``NextTask``) and tell their result
+(``TaskResult``). An item whose worker dies is handed out once more; if that
+worker dies too, the item fails with TaskFailed. Items and results must be
+msgpack-safe, like everything else that crosses processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lessor import holder as holders
+from lessor.actors.base import Reply, answer, answer_error
+from lessor.errors import ProtocolError, TaskFailed
+from lessor.messages import Message, NextTask, Task, TaskResult, pack
+
+__all__ = ["MapJob", "map_worker"]
+
+_MAX_ATTEMPTS = 2
+
+
+class MapJob:
+    """A node target: the items, who is working on which, and the results so far."""
+
+    def __init__(self, name: str, items: Iterable[Any]) -> None:
+        self.name = name
+        self.items = list(items)
+        for index, item in enumerate(self.items):
+            pack(item, f"map item {index}")  # refuse what cannot cross, before any work
+        self.results: list[Any] = [None] * len(self.items)
+        self.failed: dict[int, TaskFailed] = {}
+        self._todo: deque[int] = deque(range(len(self.items)))
+        self._attempts = [0] * len(self.items)
+        self._working: dict[str, set[int]] = {}
+        self._remaining = len(self.items)
+        self._cond = threading.Condition()
+        holders.subscribe(self._holder_gone)
+
+    def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
+        with self._cond:
+            if isinstance(message, NextTask):
+                task = Task(-1, None)
+                if self._todo:
+                    index = self._todo.popleft()
+                    self._attempts[index] += 1
+                    self._working.setdefault(holder, set()).add(index)
+                    task = Task(index, self.items[index])
+                answer(reply, task)
+            elif isinstance(message, TaskResult) and 0 <= message.index < len(self.items):
+                self._finish(holder, message)
+            else:
+                kind = type(message).__name__
+                answer_error(reply, ProtocolError(f"a map job does not take {kind}"))
+
+    def cancel(self, reply: Reply, holder: str) -> None:
+        """A NextTask is answered at once: there is nothing to cancel."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._remaining:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        holders.unsubscribe(self._holder_gone)
+
+    def _finish(self, holder: str, result: TaskResult) -> None:
+        index = result.index
+        working = self._working.get(holder, set())
+        if index not in working:
+            return  # a late answer for an item already given to someone else
+        working.discard(index)
+        if result.ok:
+            self.results[index] = result.value
+        else:
+            self.failed[index] = TaskFailed(f"item {index}: {result.error}")
+        self._remaining -= 1
+        self._cond.notify_all()
+
+    def _holder_gone(self, holder: str) -> None:
+        with self._cond:
+            for index in self._working.pop(holder, set()):
+                if self._attempts[index] < _MAX_ATTEMPTS:
+                    self._todo.appendleft(index)
+                else:
+                    self.failed[index] = TaskFailed(f"item {index}: its worker died, twice")
+                    self._remaining -= 1
+            self._cond.notify_all()
+
+
+def map_worker(job: str, fn: Callable[[Any], Any]) -> None:
+    """The target of ``Runtime.map`` workers: ask for items until there are none."""
+    from lessor.client import connect
+
+    client = connect()
+    while not client.draining.is_set():
+        task: Task = client.ask(job, NextTask(job))
+        if task.index < 0:
+            return
+        try:
+            result = TaskResult(job, task.index, True, fn(task.item), "")
+        except Exception as exc:
+            result = TaskResult(job, task.index, False, None, f"{type(exc).__name__}: {exc}")
+        try:
+            client.tell(job, result)
+        except ProtocolError as exc:
+            client.tell(job, TaskResult(job, task.index, False, None, str(exc)))

@@ -1,0 +1,25 @@
+"""What runs first in a worker process: connect to the runtime, then run the target.
+
+Workers are started with ``spawn`` (never a plain fork of the threaded runtime), so
+the target must be importable: a module-level function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from lessor.client import connect
+
+__all__ = ["run_worker"]
+
+
+def run_worker(target: Callable[..., Any], args: tuple[Any, ...], env: dict[str, str]) -> None:
+    """Entry point of every worker process; an exception exits it with status 1."""
+    os.environ.update(env)
+    client = connect()  # also how the worker notices its runtime dying (the reader sees EOF)
+    try:
+        target(*args)
+    finally:
+        client.close()

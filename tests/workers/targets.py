@@ -1,0 +1,76 @@
+"""Worker targets for the cross-process tests: module-level, so spawn can import them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import lessor
+
+
+def pairs(pool: str, n: int, log_dir: str) -> None:
+    """Do n Acquire/Release pairs, appending each hold interval to a per-worker file."""
+    client = lessor.connect()
+    slots = client.pool(pool)
+    path = os.path.join(log_dir, f"{os.getpid()}.log")
+    with open(path, "a") as log:
+        for _ in range(n):
+            with slots.lease(timeout=30) as slot:
+                began = time.monotonic()
+                ended = time.monotonic()
+            log.write(f"{slot} {began!r} {ended!r}\n")
+
+
+def hold_forever(pool: str, count: int, ready_dir: str) -> None:
+    """Take ``count`` leases, say so in a file named after the pid, and block."""
+    client = lessor.connect()
+    leases = [client.pool(pool).acquire(timeout=30) for _ in range(count)]
+    with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+        out.write(" ".join(lease.id for lease in leases))
+    while True:
+        time.sleep(3600)
+
+
+def ignore_drain(ready_dir: str) -> None:
+    """Ignore Drain and SIGTERM: only SIGKILL ends this one."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lessor.connect()
+    with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+        out.write("ready")
+    while True:
+        time.sleep(3600)
+
+
+def obey_drain(pool: str, ready_dir: str) -> None:
+    """Hold a lease until told to drain, then release it and exit."""
+    client = lessor.connect()
+    slots = client.pool(pool)
+    with slots.lease(timeout=30):
+        with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+            out.write("ready")
+        client.draining.wait(60)
+
+
+def fail(code: int) -> None:
+    lessor.connect()
+    raise SystemExit(code)
+
+
+def square(x: Any) -> Any:
+    if x == 13:
+        raise ValueError("unlucky")
+    return x * x
+
+
+def ask_remote(pool: str, out_dir: str) -> None:
+    """Try a remote Acquire on a pool whose resources cannot cross; record the error."""
+    client = lessor.connect()
+    try:
+        client.pool(pool).acquire(timeout=5)
+        outcome = "granted"
+    except lessor.LessorError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(outcome)
