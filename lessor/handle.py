@@ -57,10 +57,11 @@ class PoolHandle(LeaseOps):
     def actor_ref(self) -> pykka.ActorRef[Any]:
         """The current incarnation's ref (it changes when a supervised pool restarts)."""
         if isinstance(self._target, ChildRef):
-            return self._current(REQUEST_TIMEOUT)
+            return self.current_ref(REQUEST_TIMEOUT)
         return self._target
 
-    def _current(self, wait: float) -> pykka.ActorRef[Any]:
+    def current_ref(self, wait: float) -> pykka.ActorRef[Any]:
+        """The running incarnation, waiting up to ``wait`` seconds through a restart."""
         target = self._target
         if not isinstance(target, ChildRef):
             if not target.is_alive():
@@ -83,7 +84,7 @@ class PoolHandle(LeaseOps):
                 timeout = (message.timeout or self.spec.acquire_timeout) + ACQUIRE_GRACE
             else:
                 timeout = REQUEST_TIMEOUT
-        ref = self._current(timeout)
+        ref = self.current_ref(timeout)
         future: ThreadingFuture[Any] = ThreadingFuture()
         holder = self._holder()
         ref.actor_inbox.put(CallEnvelope(message, future, holder))  # type: ignore[arg-type]
@@ -99,7 +100,7 @@ class PoolHandle(LeaseOps):
 
     def tell(self, message: Message) -> None:
         """Send without waiting (Release); a refusal is logged by the pool."""
-        ref = self._current(REQUEST_TIMEOUT)
+        ref = self.current_ref(REQUEST_TIMEOUT)
         ref.actor_inbox.put(CallEnvelope(message, None, self._holder()))  # type: ignore[arg-type]
 
     def is_fatal(self, exc: BaseException) -> bool:
@@ -114,13 +115,13 @@ class PoolHandle(LeaseOps):
                 f"pool {self.name!r} holds resources that cannot cross processes; "
                 "use a process-scoped pool in the worker"
             )
-        ref = self._current(0.0)
+        ref = self.current_ref(0.0)
         ref.actor_inbox.put(CallEnvelope(message, reply, holder))  # type: ignore[arg-type]
 
     def cancel(self, reply: Reply, holder: str) -> None:
         """The remote caller gave up on an Acquire (poolboy's cancel_waiting)."""
         with contextlib.suppress(LessorError, pykka.ActorDeadError):
-            self._current(0.0).tell(CancelAcquire(reply, holder))
+            self.current_ref(0.0).tell(CancelAcquire(reply, holder))
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.

@@ -248,37 +248,42 @@ class Runtime:
     # -- shutdown ----------------------------------------------------------------------
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
-        """Drain, reclaim at the deadline, stop children in reverse order. Idempotent."""
+        """Drain, reclaim at the deadline, stop children in reverse order. Idempotent.
+
+        1. Pools refuse new Acquires (ShuttingDown); workers are told to Drain.
+        2. Until the deadline, holders release and workers exit.
+        3. At the deadline, leases still out are reclaimed (listed in the report) and
+           workers still running get SIGTERM, then SIGKILL (listed as killed).
+        4. The tree stops in reverse start order, each child within its shutdown time.
+        """
         with self._lock:
             if self._report is not None:
                 return self._report
             began = time.monotonic()
             deadline = began + (self.shutdown_timeout if timeout is None else timeout)
-            refs = [ref for ref in (self._live(h) for h in self._pools.values()) if ref]
-            for ref in refs:
-                ref.tell(BeginDrain())
-            stopping = []  # workers drain alongside the pools, and release as they exit
-            for group in self._groups.values():
-                with contextlib.suppress(LessorError):
-                    ref = group.current(0.0)
-                    remaining = max(0.0, deadline - time.monotonic())
-                    stopping.append(ref.ask(StopWorkers(remaining), block=False))
-            drained = []
-            for ref in refs:
-                future: ThreadingFuture[Any] = ThreadingFuture()
-                ref.tell(AwaitDrained(future))
-                drained.append(future)
-            for future in drained:
-                with contextlib.suppress(pykka.Timeout):
-                    future.get(timeout=max(0.0, deadline - time.monotonic()))
-            killed: list[str] = []
-            for pending in stopping:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    killed += pending.get(timeout=max(1.0, deadline - time.monotonic()) + 10)
+            pools = [ref for ref in (self._live(h) for h in self._pools.values()) if ref]
+            groups = [ref for ref in (self._live(g) for g in self._groups.values()) if ref]
+            for pool in pools:
+                pool.tell(BeginDrain())
+            waits: list[Any] = [
+                group.ask(StopWorkers(deadline - began, kill=False), block=False)
+                for group in groups
+            ]
+            for pool in pools:
+                drained: ThreadingFuture[Any] = ThreadingFuture()
+                pool.tell(AwaitDrained(drained))
+                waits.append(drained)
+            for wait in waits:  # step 2: everyone has until the deadline
+                with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                    wait.get(timeout=max(0.0, deadline - time.monotonic()))
             reclaimed: list[Lease] = []
-            for ref in refs:
+            for pool in pools:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    reclaimed += _ask(ref, ReclaimAll("shutdown deadline"), 5)
+                    reclaimed += _ask(pool, ReclaimAll("shutdown deadline"), 5)
+            killed: list[str] = []
+            for group in groups:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    killed += _ask(group, StopWorkers(0.0), 30)
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 killed += _ask(self._root, StopChildren(), max(60.0, timeout or 0))
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
@@ -302,9 +307,9 @@ class Runtime:
             return self._report
 
     @staticmethod
-    def _live(handle: PoolHandle) -> pykka.ActorRef[Any] | None:
+    def _live(node: PoolHandle | ChildRef) -> pykka.ActorRef[Any] | None:
         try:
-            return handle._current(0.0)
+            return node.current_ref(0.0) if isinstance(node, PoolHandle) else node.current(0.0)
         except LessorError:
             return None
 

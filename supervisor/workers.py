@@ -61,12 +61,14 @@ class WorkerSpec:
 
 @dataclass(frozen=True, slots=True)
 class StopWorkers:
-    """Drain the workers, wait up to ``timeout`` for them to exit, then terminate, then kill.
+    """Drain the workers and wait up to ``timeout`` for them to exit; then, if ``kill``,
+    SIGTERM the stragglers and SIGKILL them after TERM_GRACE. No restarts from here on.
 
     Answered with the worker ids that had to be terminated or killed.
     """
 
     timeout: float
+    kill: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class WorkerGroup(pykka.ThreadingActor):
             self._on_exit(message)
             return None
         if isinstance(message, StopWorkers):
-            return self._stop_all(message.timeout)
+            return self._stop_all(message.timeout, message.kill)
         if message == "pids":
             return [s.process.pid for s in self.slots if s.process is not None and not s.done]
         if message == "status":
@@ -183,7 +185,7 @@ class WorkerGroup(pykka.ThreadingActor):
         self._spawn(slot)
         self.events.emit("restarted", slot.worker_id, f"restart {slot.restarts}")
 
-    def _stop_all(self, timeout: float) -> list[str]:
+    def _stop_all(self, timeout: float, kill: bool = True) -> list[str]:
         """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent."""
         self._stopping = True
         live = [s for s in self.slots if s.process is not None and s.process.exitcode is None]
@@ -193,6 +195,8 @@ class WorkerGroup(pykka.ThreadingActor):
         for slot in live:
             assert slot.process is not None
             slot.process.join(max(0.0, deadline - time.monotonic()))
+        if not kill:
+            return []
         forced = [s for s in live if s.process is not None and s.process.exitcode is None]
         for slot in forced:
             assert slot.process is not None

@@ -24,6 +24,17 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.002)
         time.sleep(interval)
 
 
+def _ours(process: psutil.Process) -> bool:
+    """A live child that a test started (multiprocessing's resource tracker is the
+    interpreter's own helper: started once, it lives until the test run ends)."""
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "multiprocessing.resource_tracker" not in " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     before = set(threading.enumerate())
@@ -32,7 +43,7 @@ def no_leaks() -> Iterator[None]:
 
     def leftovers() -> tuple[list[threading.Thread], list[psutil.Process]]:
         threads = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        children = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        children = [p for p in me.children(recursive=True) if _ours(p)]
         return threads, children
 
     wait_until(lambda: leftovers() == ([], []), timeout=LEAK_GRACE)

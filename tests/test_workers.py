@@ -1,0 +1,201 @@
+"""Acquire/Release across real worker processes, with real signals."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lessor import (
+    CallableFactory,
+    PoolSpec,
+    ProtocolError,
+    Runtime,
+    TaskFailed,
+    TokenFactory,
+)
+from tests.conftest import wait_until
+from tests.workers import targets
+
+KILL_BOUND = 0.25  # seconds from SIGKILL to the dead worker's leases being back
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    rt = Runtime(max_restarts=10, handle_signals=False)
+    yield rt
+    rt.shutdown(timeout=5)
+
+
+def files(directory: Path, count: int, timeout: float = 30) -> list[Path]:
+    assert wait_until(lambda: len(list(directory.iterdir())) >= count, timeout=timeout)
+    return sorted(directory.iterdir())
+
+
+def test_no_double_grants_across_eight_workers(runtime: Runtime, tmp_path: Path) -> None:
+    pool = runtime.add_pool(PoolSpec("slots", TokenFactory(), max_size=3))
+    runtime.spawn_workers(
+        targets.pairs, 8, args=("slots", 2000, str(tmp_path)), restart="transient"
+    )
+    assert wait_until(lambda: pool.stats().released == 16000, timeout=120)
+    holds: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    logs = files(tmp_path, 8)
+    for log in logs:
+        for line in log.read_text().splitlines():
+            slot, began, ended = line.split()
+            holds[slot].append((float(began), float(ended)))
+    assert sum(len(v) for v in holds.values()) == 16000
+    assert len(holds) <= 3
+    events = []
+    for intervals in holds.values():
+        intervals.sort()
+        for (_, end), (start, _) in itertools.pairwise(intervals):
+            assert start >= end, "a resource was held by two workers at once"
+        events += [(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals]
+    live = peak = 0
+    for _, delta in sorted(events):
+        live += delta
+        peak = max(peak, live)
+    assert peak <= 3
+    stats = pool.stats()
+    assert (stats.leased, stats.idle, stats.size, stats.acquired) == (0, 3, 3, 16000)
+
+
+def test_killed_holder_loses_its_leases_at_once_and_restarts(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    pool = runtime.add_pool(PoolSpec("slots", TokenFactory(), max_size=3))
+    group = runtime.spawn_workers(targets.hold_forever, 1, args=("slots", 2, str(tmp_path)))
+    (ready,) = files(tmp_path, 1)
+    pid = int(ready.name)
+    assert pool.stats().leased == 2
+    ready.unlink()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_until(lambda: pool.stats().leased == 0, timeout=KILL_BOUND, interval=0.001)
+    print(f"leases back {1000 * (time.monotonic() - killed):.1f} ms after SIGKILL")
+    assert pool.stats().reclaimed == 2
+    (again,) = files(tmp_path, 1)  # the restarted worker holds two leases again
+    assert int(again.name) != pid
+    assert pool.stats().leased == 2
+    assert group.current(5).ask("pids", timeout=5) == [int(again.name)]
+    kinds = [(e.kind, e.node) for e in runtime.events()]
+    assert any(kind == "failed" and "workers" in node for kind, node in kinds)
+    assert any(kind == "restarted" and "workers" in node for kind, node in kinds)
+    report = runtime.shutdown(timeout=0.2)  # the worker never lets go: reclaimed at the deadline
+    assert len(report.reclaimed) == 2 and len(report.killed) == 1
+
+
+def test_shutdown_kills_a_worker_that_ignores_drain(tmp_path: Path) -> None:
+    rt = Runtime(handle_signals=False)
+    pool = rt.add_pool(PoolSpec("slots", TokenFactory(), max_size=2))
+    polite_dir, rude_dir = tmp_path / "polite", tmp_path / "rude"
+    polite_dir.mkdir()
+    rude_dir.mkdir()
+    rt.spawn_workers(targets.obey_drain, 1, args=("slots", str(polite_dir)), name="polite")
+    rt.spawn_workers(targets.ignore_drain, 1, args=(str(rude_dir),), name="rude")
+    files(polite_dir, 1)
+    (rude,) = files(rude_dir, 1)
+    assert pool.stats().leased == 1
+    report = rt.shutdown(timeout=1.0)
+    assert len(report.killed) == 1 and report.killed[0].startswith("root/rude.")
+    assert report.reclaimed == ()  # the polite worker released before exiting
+    assert not psutil.pid_exists(int(rude.name)) or psutil.Process(int(rude.name)).status() == (
+        psutil.STATUS_ZOMBIE
+    )
+
+
+def test_non_portable_pool_refuses_remote_acquire(runtime: Runtime, tmp_path: Path) -> None:
+    runtime.add_pool(PoolSpec("conns", CallableFactory(object), max_size=1))
+    runtime.spawn_workers(targets.ask_remote, 1, args=("conns", str(tmp_path)), restart="transient")
+    (out,) = files(tmp_path, 1)
+    assert wait_until(lambda: out.read_text() != "")
+    assert out.read_text().startswith("NotPortable: pool 'conns' holds resources that cannot cross")
+
+
+def test_unknown_pool_is_a_clear_error_in_the_worker(runtime: Runtime, tmp_path: Path) -> None:
+    runtime.spawn_workers(targets.ask_remote, 1, args=("nope", str(tmp_path)), restart="transient")
+    (out,) = files(tmp_path, 1)
+    assert wait_until(lambda: out.read_text() != "")
+    assert out.read_text() == "NoSuchPool: no pool or job named 'nope' in this runtime"
+
+
+def test_map_keeps_order_and_reports_errors_per_item(runtime: Runtime) -> None:
+    items = [*range(12), 13, 20]
+    results = runtime.map(targets.square, items, workers=2, return_exceptions=True)
+    assert results[:12] == [x * x for x in range(12)]
+    assert isinstance(results[12], TaskFailed) and "unlucky" in str(results[12])
+    assert results[13] == 400
+    with pytest.raises(TaskFailed, match="item 12: ValueError: unlucky"):
+        runtime.map(targets.square, items, workers=2)
+    with pytest.raises(ProtocolError, match="map item 1"):
+        runtime.map(targets.square, [1, object()], workers=1)
+    assert runtime.map(targets.square, [], workers=2) == []
+
+
+def test_transient_worker_exiting_cleanly_is_not_restarted(runtime: Runtime) -> None:
+    group = runtime.spawn_workers(targets.fail, 1, args=(0,), restart="transient")
+    assert wait_until(lambda: any(e.kind == "removed" for e in runtime.events()), timeout=30)
+    assert group.current(5).ask("pids", timeout=5) == []
+
+
+def test_workers_dying_past_their_intensity_escalate_to_the_runtime() -> None:
+    rt = Runtime(max_restarts=0, handle_signals=False)
+    try:
+        rt.spawn_workers(targets.fail, 1, args=(3,), max_restarts=1)
+        assert rt.wait_failed(60)
+        kinds = [e.kind for e in rt.events()]
+        assert kinds.count("failed") >= 2 and "gave_up" in kinds
+    finally:
+        report = rt.shutdown(timeout=5)
+    assert report.failure is not None
+
+
+RUNTIME_SCRIPT = """
+import sys, time
+from lessor import PoolSpec, Runtime, TokenFactory
+from tests.workers import targets
+rt = Runtime()
+rt.add_pool(PoolSpec("slots", TokenFactory(), max_size=2))
+group = rt.spawn_workers(targets.hold_forever, 2, args=("slots", 1, sys.argv[1]))
+while len(group.current(5).ask("pids")) < 2:
+    time.sleep(0.01)
+print(" ".join(map(str, group.current(5).ask("pids"))), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_workers_exit_when_their_runtime_is_killed(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNTIME_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        proc.kill()
+        proc.wait(10)
+        assert wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
