@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
-from pykka import ThreadingFuture
 
-from lessor.actors.base import CallEnvelope, Reply
+from lessor.actors.base import OneShot, Reply, post
 from lessor.actors.pool import CancelAcquire
 from lessor.errors import (
     AcquireTimeout,
@@ -85,14 +84,15 @@ class PoolHandle(LeaseOps):
             else:
                 timeout = REQUEST_TIMEOUT
         ref = self.current_ref(timeout)
-        future: ThreadingFuture[Any] = ThreadingFuture()
+        reply = OneShot()
         holder = self._holder()
-        ref.actor_inbox.put(CallEnvelope(message, future, holder))  # type: ignore[arg-type]
+        post(ref, message, reply, holder)
         try:
-            return future.get(timeout=timeout)
-        except pykka.Timeout:
+            return reply.get(timeout)
+        except TimeoutError:
             if isinstance(message, Acquire):
-                ref.tell(CancelAcquire(future, holder))
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(CancelAcquire(reply, holder))
                 raise AcquireTimeout(f"pool {self.name!r} did not answer in {timeout:g}s") from None
             raise PoolClosed(f"pool {self.name!r} did not answer in {timeout:g}s") from None
         except pykka.ActorDeadError as exc:
@@ -100,8 +100,7 @@ class PoolHandle(LeaseOps):
 
     def tell(self, message: Message) -> None:
         """Send without waiting (Release); a refusal is logged by the pool."""
-        ref = self.current_ref(REQUEST_TIMEOUT)
-        ref.actor_inbox.put(CallEnvelope(message, None, self._holder()))  # type: ignore[arg-type]
+        post(self.current_ref(REQUEST_TIMEOUT), message, None, self._holder())
 
     def is_fatal(self, exc: BaseException) -> bool:
         return self.spec.factory.is_fatal(exc)
@@ -115,8 +114,10 @@ class PoolHandle(LeaseOps):
                 f"pool {self.name!r} holds resources that cannot cross processes; "
                 "use a process-scoped pool in the worker"
             )
-        ref = self.current_ref(0.0)
-        ref.actor_inbox.put(CallEnvelope(message, reply, holder))  # type: ignore[arg-type]
+        actor = self.current_ref(0.0).actor_inbox.owner()  # type: ignore[attr-defined]
+        if actor is None:
+            raise PoolClosed(f"pool {self.name!r} is not running")
+        actor.call_now(message, reply, holder)
 
     def cancel(self, reply: Reply, holder: str) -> None:
         """The remote caller gave up on an Acquire (poolboy's cancel_waiting)."""

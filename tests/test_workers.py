@@ -199,3 +199,13 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_threads_of_one_worker_share_its_connection(runtime: Runtime, tmp_path: Path) -> None:
+    runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
+    runtime.spawn_workers(
+        targets.threads_share_one_client, 1, args=("one", str(tmp_path)), restart="transient"
+    )
+    (out,) = files(tmp_path, 1)
+    assert wait_until(lambda: out.read_text() != "", timeout=30)
+    assert out.read_text() == "True 0 2402"

@@ -567,6 +567,8 @@ class PoolCore:
     def _dispatch(self, now: float, out: list[Decision]) -> None:
         """Match queued waiters with idle resources, then plan creations for the rest."""
         waiters, queue = self._waiters, self._queue
+        if not waiters and len(self._slots) + self._creating >= self.spec.min_size:
+            return  # the common case on Release: nobody waits, nothing to make
         while waiters and self._idle:
             entry = heapq.heappop(queue)
             waiter = entry[2]

@@ -74,3 +74,37 @@ def ask_remote(pool: str, out_dir: str) -> None:
         outcome = f"{type(exc).__name__}: {exc}"
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(outcome)
+
+
+def threads_share_one_client(pool: str, out_dir: str) -> None:
+    """A waiting Acquire must not hold up another thread's Release; 8 threads share one link."""
+    import threading
+
+    client = lessor.connect()
+    slots = client.pool(pool)
+    first = slots.acquire(timeout=10)  # max_size=1: the next Acquire has to wait
+    got: list[lessor.Lease] = []
+    waiter = threading.Thread(target=lambda: got.append(slots.acquire(timeout=10)))
+    waiter.start()
+    while slots.stats().waiting < 1:
+        time.sleep(0.001)
+    slots.release(first)  # sent while the other thread's Acquire is pending
+    waiter.join()
+    slots.release(got[0])
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(300):
+                with slots.lease(timeout=30):
+                    pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(f"{got[0].resource == first.resource} {len(errors)} {slots.stats().acquired}")
