@@ -16,8 +16,18 @@ from lessor.specs import PoolSpec
 __all__ = ["main"]
 
 
-def demo(threads: int = 8, jobs: int = 200, slots: int = 3) -> dict[str, Any]:
-    """Threads share a few slots through one supervised pool; no slot is ever shared.
+def _demo_worker(jobs: int) -> None:
+    """A worker process: borrow a slot ``jobs`` times through the runtime's pool."""
+    from lessor.client import connect
+
+    slots = connect().pool("slots")
+    for _ in range(jobs):
+        with slots.lease(timeout=30):
+            pass
+
+
+def demo(threads: int = 8, jobs: int = 200, slots: int = 3, workers: int = 2) -> dict[str, Any]:
+    """Threads and worker processes share a few slots through one supervised pool.
 
     One extra thread dies holding a slot, to show its lease coming back at once.
     """
@@ -40,17 +50,23 @@ def demo(threads: int = 8, jobs: int = 200, slots: int = 3) -> dict[str, Any]:
         leaker = threading.Thread(target=pool.acquire, name="dies-holding-a-slot")
         leaker.start()
         leaker.join()
-        workers = [threading.Thread(target=worker, name=f"job-{i}") for i in range(threads)]
-        for w in workers:
+        pool_threads = [threading.Thread(target=worker, name=f"job-{i}") for i in range(threads)]
+        processes = runtime.spawn_workers(_demo_worker, workers, (jobs,), "transient")
+        for w in pool_threads:
             w.start()
-        for w in workers:
+        for w in pool_threads:
             w.join()
+        done = threading.Event()
+        while not done.wait(0.01):  # the workers exit when their jobs are done
+            if not processes.current(5).ask("pids", timeout=5):
+                done.set()
         stats = pool.stats().as_dict()
         tree = runtime.tree()
         report = runtime.shutdown(timeout=5)
     return {
         "threads": threads,
-        "leases": threads * jobs,
+        "worker_processes": workers,
+        "leases": (threads + workers) * jobs,
         "clashes": clashes,
         "stats": stats,
         "tree": tree,
@@ -62,12 +78,15 @@ def demo(threads: int = 8, jobs: int = 200, slots: int = 3) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lessor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("demo", help="threads share a small pool of slots; prints its stats")
+    run = sub.add_parser(
+        "demo", help="threads and worker processes share a few slots; prints the pool's stats"
+    )
     run.add_argument("--threads", type=int, default=8)
     run.add_argument("--jobs", type=int, default=200, help="leases per thread")
     run.add_argument("--slots", type=int, default=3)
+    run.add_argument("--workers", type=int, default=2, help="worker processes")
     args = parser.parse_args(argv)
-    report = demo(args.threads, args.jobs, args.slots)
+    report = demo(args.threads, args.jobs, args.slots, args.workers)
     print(json.dumps(report, indent=2))
     return 0 if report["clashes"] == 0 else 1
 
