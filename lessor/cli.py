@@ -56,10 +56,7 @@ def demo(threads: int = 8, jobs: int = 200, slots: int = 3, workers: int = 2) ->
             w.start()
         for w in pool_threads:
             w.join()
-        done = threading.Event()
-        while not done.wait(0.01):  # the workers exit when their jobs are done
-            if not processes.current(5).ask("pids", timeout=5):
-                done.set()
+        runtime.join(processes, timeout=60)
         stats = pool.stats().as_dict()
         tree = runtime.tree()
         report = runtime.shutdown(timeout=5)

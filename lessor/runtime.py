@@ -40,7 +40,7 @@ from lessor.supervisor.supervisor import (
     start_supervised,
 )
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
-from lessor.supervisor.workers import StopWorkers, WorkerGroup, WorkerSpec
+from lessor.supervisor.workers import AwaitDone, StopWorkers, WorkerGroup, WorkerSpec
 
 __all__ = ["Runtime", "ShutdownReport"]
 
@@ -168,6 +168,19 @@ class Runtime:
         with self._lock:
             self._groups[name] = group
         return group
+
+    def join(self, workers: ChildRef, timeout: float | None = None) -> bool:
+        """Wait until every process of a worker group has exited for good.
+
+        True when they have; False at the timeout. Permanent workers never do.
+        """
+        done: ThreadingFuture[Any] = ThreadingFuture()
+        try:
+            workers.current(5.0).tell(AwaitDone(done))
+            done.get(timeout=timeout)
+        except (pykka.Timeout, LessorError):
+            return False
+        return True
 
     def map(
         self,

@@ -6,13 +6,17 @@ the target must be importable: a module-level function.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from lessor.client import connect
+from lessor.errors import ActorStopped, ShuttingDown
 
 __all__ = ["run_worker"]
+
+log = logging.getLogger("lessor.worker")
 
 
 def run_worker(target: Callable[..., Any], args: tuple[Any, ...], env: dict[str, str]) -> None:
@@ -21,5 +25,8 @@ def run_worker(target: Callable[..., Any], args: tuple[Any, ...], env: dict[str,
     client = connect()  # also how the worker notices its runtime dying (the reader sees EOF)
     try:
         target(*args)
+    except (ShuttingDown, ActorStopped) as exc:
+        # The runtime is going away: that ends the work, it is not this worker's failure.
+        log.info("worker %s: %s; exiting", client.worker_id, exc)
     finally:
         client.close()

@@ -29,7 +29,7 @@ from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import RestartIntensity
 from lessor.worker import run_worker
 
-__all__ = ["StopWorkers", "WorkerGroup", "WorkerSpec"]
+__all__ = ["AwaitDone", "StopWorkers", "WorkerGroup", "WorkerSpec"]
 
 #: After SIGTERM, how long a worker gets before SIGKILL.
 TERM_GRACE = 1.0
@@ -72,6 +72,13 @@ class StopWorkers:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitDone:
+    """``reply`` is answered once every worker has exited for good (transient/temporary)."""
+
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
 class _Exited:
     slot: int
     incarnation: int
@@ -104,6 +111,7 @@ class WorkerGroup(pykka.ThreadingActor):
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._watchers: list[threading.Thread] = []
+        self._done_replies: list[Any] = []
         self.exit_codes: list[int | None] = []
 
     def on_start(self) -> None:
@@ -122,6 +130,10 @@ class WorkerGroup(pykka.ThreadingActor):
             return None
         if isinstance(message, StopWorkers):
             return self._stop_all(message.timeout, message.kill)
+        if isinstance(message, AwaitDone):
+            self._done_replies.append(message.reply)
+            self._answer_done()
+            return None
         if message == "pids":
             return [s.process.pid for s in self.slots if s.process is not None and not s.done]
         if message == "status":
@@ -176,6 +188,7 @@ class WorkerGroup(pykka.ThreadingActor):
         if restart == "temporary" or (restart == "transient" and not abnormal):
             slot.done = True
             self.events.emit("removed", slot.worker_id, restart)
+            self._answer_done()
             return
         if not self.intensity.add(time.monotonic()):
             self.events.emit("gave_up", self.path, f"{self.intensity.recent} worker restarts")
@@ -184,6 +197,12 @@ class WorkerGroup(pykka.ThreadingActor):
         slot.restarts += 1
         self._spawn(slot)
         self.events.emit("restarted", slot.worker_id, f"restart {slot.restarts}")
+
+    def _answer_done(self) -> None:
+        if self._done_replies and all(slot.done for slot in self.slots):
+            for reply in self._done_replies:
+                reply.set(None)
+            self._done_replies.clear()
 
     def _stop_all(self, timeout: float, kill: bool = True) -> list[str]:
         """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent."""

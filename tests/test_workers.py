@@ -144,7 +144,10 @@ def test_map_keeps_order_and_reports_errors_per_item(runtime: Runtime) -> None:
 
 def test_transient_worker_exiting_cleanly_is_not_restarted(runtime: Runtime) -> None:
     group = runtime.spawn_workers(targets.fail, 1, args=(0,), restart="transient")
-    assert wait_until(lambda: any(e.kind == "removed" for e in runtime.events()), timeout=30)
+    assert runtime.join(group, timeout=30)
+    assert [e.kind for e in runtime.events() if e.node.startswith("root/workers-1.")] == [
+        "started", "exited", "removed"
+    ]  # fmt: skip
     assert group.current(5).ask("pids", timeout=5) == []
 
 
