@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -205,35 +206,46 @@ class WorkerGroup(pykka.ThreadingActor):
             self._done_replies.clear()
 
     def _stop_all(self, timeout: float, kill: bool = True) -> list[str]:
-        """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent."""
+        """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent.
+
+        Only the watcher threads reap (``join``): two threads in ``waitpid`` on one
+        child race, and the loser sees no exit code. Here we wait on sentinels.
+        """
         self._stopping = True
-        live = [s for s in self.slots if s.process is not None and s.process.exitcode is None]
+        live = [s for s in self.slots if s.process is not None and not _ended(s.process, 0)]
         deadline = time.monotonic() + timeout
         for slot in live:
             self.node.push(slot.worker_id, Drain(timeout))
         for slot in live:
             assert slot.process is not None
-            slot.process.join(max(0.0, deadline - time.monotonic()))
+            _ended(slot.process, deadline - time.monotonic())
         if not kill:
             return []
-        forced = [s for s in live if s.process is not None and s.process.exitcode is None]
+        forced = [s for s in live if s.process is not None and not _ended(s.process, 0)]
         for slot in forced:
             assert slot.process is not None
             slot.process.terminate()
         grace = time.monotonic() + TERM_GRACE
         for slot in forced:
             assert slot.process is not None
-            slot.process.join(max(0.0, grace - time.monotonic()))
-            if slot.process.exitcode is None:
+            if not _ended(slot.process, grace - time.monotonic()):
                 slot.process.kill()
-                slot.process.join(5)
+                _ended(slot.process, 5.0)
+        for watcher in self._watchers:
+            if watcher is not threading.current_thread():
+                watcher.join(5)  # it reaps its process
+        for slot in forced:
+            assert slot.process is not None
             self.events.emit("killed", slot.worker_id, f"exit code {slot.process.exitcode}")
         for slot in self.slots:
             if slot.process is not None:
                 self.node.disconnect(slot.worker_id)
-                slot.process.close()  # reaped: no zombie left
+                with contextlib.suppress(ValueError):  # only if it would not die at all
+                    slot.process.close()
                 slot.process = None
-        for watcher in self._watchers:
-            if watcher is not threading.current_thread():
-                watcher.join(5)
         return [s.worker_id for s in forced]
+
+
+def _ended(process: BaseProcess, timeout: float) -> bool:
+    """Whether the process has exited, waiting up to ``timeout`` (without reaping it)."""
+    return bool(mp_wait([process.sentinel], max(0.0, timeout)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from lessor import (
     start_pool,
 )
 from tests.conftest import wait_until
+from tests.holds import assert_exclusive
 
 StartPool = Callable[..., PoolHandle]
 
@@ -350,17 +350,7 @@ def test_sixteen_threads_never_share_a_resource(start: StartPool) -> None:
     assert not errors
     assert len(holds) <= 3
     assert sum(len(v) for v in holds.values()) == 16 * 150
-    events = []
-    for intervals in holds.values():
-        intervals.sort()
-        for (_, end), (start_, _) in itertools.pairwise(intervals):
-            assert start_ >= end, "one resource was held twice at once"
-        events += [(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals]
-    live = peak = 0
-    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
-        live += delta
-        peak = max(peak, live)
-    assert peak <= 3
+    assert_exclusive(holds, limit=3)
     stats = pool.stats()
     assert stats.idle == stats.size <= 3
     assert stats.acquired == stats.released == 16 * 150

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from lessor import (
     TokenFactory,
 )
 from tests.conftest import wait_until
+from tests.holds import assert_exclusive
 from tests.workers import targets
 
 KILL_BOUND = 0.25  # seconds from SIGKILL to the dead worker's leases being back
@@ -55,17 +55,7 @@ def test_no_double_grants_across_eight_workers(runtime: Runtime, tmp_path: Path)
             holds[slot].append((float(began), float(ended)))
     assert sum(len(v) for v in holds.values()) == 16000
     assert len(holds) <= 3
-    events = []
-    for intervals in holds.values():
-        intervals.sort()
-        for (_, end), (start, _) in itertools.pairwise(intervals):
-            assert start >= end, "a resource was held by two workers at once"
-        events += [(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals]
-    live = peak = 0
-    for _, delta in sorted(events):
-        live += delta
-        peak = max(peak, live)
-    assert peak <= 3
+    assert_exclusive(holds, limit=3)
     stats = pool.stats()
     assert (stats.leased, stats.idle, stats.size, stats.acquired) == (0, 3, 3, 16000)
 

@@ -7,8 +7,6 @@ Target: ``ratio_to_ask <= 1.3`` (Release is a tell: one round trip per pair).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import queue
 import statistics
@@ -18,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
+from common import cli  # run as a script: this folder is on sys.path
 
 from lessor import PoolSpec, TokenFactory, start_pool
 
@@ -93,19 +92,5 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         echo.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--pairs", type=int, default=5000)
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args()
-    result = run(args.pairs, args.repeat)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, run, pairs=5000, repeat=15)

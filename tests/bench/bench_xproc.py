@@ -8,8 +8,6 @@ a kernel semaphore slot is lost for good when its holder dies; lessor's is not.
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -18,6 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgpack
+from common import cli  # run as a script: this folder is on sys.path
 
 import lessor
 from lessor import PoolSpec, Runtime, TokenFactory
@@ -120,19 +119,5 @@ def run(n: int, repeat: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--pairs", type=int, default=5000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    result = run(args.pairs, args.repeat)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, run, pairs=5000, repeat=5)
