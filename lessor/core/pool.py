@@ -21,6 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lessor.core.decisions import (
+    Check,
+    Create,
+    Decision,
+    Destroy,
+    Expired,
+    Fail,
+    Grant,
+    Reclaimed,
+    Reset,
+)
 from lessor.core.samples import Samples
 from lessor.errors import (
     AcquireTimeout,
@@ -51,70 +62,6 @@ __all__ = [
 ]
 
 
-# -- decisions -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """Answer the waiter ``ticket`` with ``lease``."""
-
-    ticket: object
-    lease: Lease
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Answer the waiter ``ticket`` with ``error``."""
-
-    ticket: object
-    error: LessorError
-
-
-@dataclass(frozen=True, slots=True)
-class Create:
-    """Make one resource; report ``created`` or ``create_failed``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Destroy:
-    """Destroy a resource that already left the pool's books."""
-
-    resource: Any
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """Run the factory's check on a resource about to be borrowed; report ``checked``."""
-
-    slot: int
-    resource: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """Run the factory's reset on a released resource; report ``reset_done``."""
-
-    slot: int
-    resource: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Reclaimed:
-    """A lease was taken from its holder (expired, holder died, shutdown, ...)."""
-
-    lease: Lease
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """A lease ran past its ttl and was reclaimed: tell its holder."""
-
-    lease: Lease
-
-
-Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed
 _CREATE = Create()
 
 _QUEUED, _SERVING, _DONE = 0, 1, 2
