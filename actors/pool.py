@@ -42,7 +42,15 @@ from lessor.errors import (
     StaleLease,
 )
 from lessor.factory import overrides
-from lessor.messages import Acquire, GetStats, Lease, LeaseExpired, Release, Renew
+from lessor.messages import (
+    Acquire,
+    GetStats,
+    Lease,
+    LeaseExpired,
+    Release,
+    Renew,
+    ReturnParked,
+)
 from lessor.specs import PoolSpec
 from lessor.supervisor.events import EventLog
 
@@ -246,6 +254,8 @@ class PoolActor(LessorActor):
             self._apply(
                 core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
             )
+            if core.exhausted and core.waiting:
+                self._ask_parked_back(call.holder)
             result = DEFERRED
         elif isinstance(msg, Release):
             try:
@@ -344,6 +354,14 @@ class PoolActor(LessorActor):
         if receiver is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 receiver.tell(LeaseExpired(lease.id, lease.pool))
+
+    def _ask_parked_back(self, asker: str) -> None:
+        """Someone waits and nothing is free: workers caching leases should return them."""
+        notice = ReturnParked(self.spec.name)
+        for holder in self.core.holders():
+            receiver = holders.holder_receiver(holder)
+            if holder != asker and receiver is not None and holder.startswith("worker:"):
+                receiver.tell(notice)
 
     def _reclaimed(self, detail: str) -> None:
         log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)

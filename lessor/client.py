@@ -26,7 +26,16 @@ from typing import Any
 from lessor import errors, wire
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
 from lessor.leases import LeaseOps
-from lessor.messages import Acquire, Drain, ErrorReply, Hello, Message
+from lessor.messages import (
+    Acquire,
+    Drain,
+    ErrorReply,
+    Hello,
+    Lease,
+    LeaseExpired,
+    Message,
+    ReturnParked,
+)
 from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
 from lessor.wire import Kind
 
@@ -99,6 +108,7 @@ class Client:
         self.draining = threading.Event()
         self.drain_deadline_s: float | None = None
         self._handlers: list[Callable[[Message], None]] = []
+        self._cached: dict[str, RemotePool] = {}
         self.on_lost: Callable[[], None] = _terminate_self
         self._reader = threading.Thread(target=self._background, name="lessor-client",
                                         daemon=True)  # fmt: skip
@@ -156,14 +166,26 @@ class Client:
     def tell(self, target: str, message: Message) -> None:
         self._send(wire.frame(Kind.TELL, 0, target, message))
 
-    def pool(self, name: str) -> RemotePool:
-        return RemotePool(self, name)
+    def pool(self, name: str, *, cache: bool = False) -> RemotePool:
+        """A pool of the runtime. With ``cache``, released leases are parked in this
+        process and reused without a round trip until the pool asks for them back
+        (see :class:`RemotePool`); one cached handle per pool name."""
+        if not cache:
+            return RemotePool(self, name)
+        with self._cv:
+            pool = self._cached.get(name)
+            if pool is None:
+                pool = self._cached[name] = RemotePool(self, name, cache=True)
+        return pool
 
     def on_push(self, handler: Callable[[Message], None]) -> None:
         """Call ``handler(message)`` for every push (Drain, LeaseExpired), on a reading thread."""
         self._handlers.append(handler)
 
     def close(self) -> None:
+        for pool in list(self._cached.values()):
+            with contextlib.suppress(LessorError):
+                pool.flush()  # give parked leases back rather than have them reclaimed
         self._closing = True
         wire.hang_up(self._conn)
         with self._cv:
@@ -269,12 +291,33 @@ def _terminate_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-class RemotePool(LeaseOps):
-    """A pool in the runtime, seen from a worker: the same API as an in-process handle."""
+#: A parked lease is not reused this close to its expiry (the pool reclaims at expires_at).
+EXPIRY_MARGIN = 0.05
+#: After the pool asks for parked leases back, releases go to it for this long.
+RETURN_WINDOW = 0.1
 
-    def __init__(self, client: Client, name: str) -> None:
+
+class RemotePool(LeaseOps):
+    """A pool in the runtime, seen from a worker: the same API as an in-process handle.
+
+    With ``cache=True`` (HikariCP's ConcurrentBag, across processes) a released lease
+    is parked here instead of going back, and the next Acquire in this process
+    reuses it without a round trip. The pool still counts it as leased by this
+    worker. When someone else waits and nothing is free, the pool pushes
+    ReturnParked: parked leases go back at once and, for a short window, releases
+    are real. Drain, LeaseExpired and closing give them back too. A lease with a
+    ttl is never parked past its expiry, and a broken one never at all.
+    """
+
+    def __init__(self, client: Client, name: str, cache: bool = False) -> None:
         self.client = client
         self.name = name
+        self.cache = cache
+        self._bag: list[Lease] = []
+        self._lock = threading.Lock()
+        self._return_until = 0.0
+        if cache:
+            client.on_push(self._on_push)
 
     def ask(self, message: Message, timeout: float | None = None) -> Any:
         if timeout is None and isinstance(message, Acquire):
@@ -283,6 +326,52 @@ class RemotePool(LeaseOps):
 
     def tell(self, message: Message) -> None:
         self.client.tell(self.name, message)
+
+    def acquire(
+        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
+    ) -> Lease:
+        if self._bag and ttl is None:
+            with self._lock:
+                now = time.monotonic()
+                while self._bag:
+                    lease = self._bag.pop()  # most recently used first
+                    if lease.expires_at is None or now < lease.expires_at - EXPIRY_MARGIN:
+                        return lease
+                    # about to expire: the pool reclaims it on its own
+        return super().acquire(timeout, priority, ttl)
+
+    def release(self, lease: Lease, broken: bool = False) -> None:
+        if (
+            self.cache
+            and not broken
+            and not self.client.draining.is_set()
+            and time.monotonic() >= self._return_until
+        ):
+            with self._lock:
+                self._bag.append(lease)
+            return
+        super().release(lease, broken)
+
+    def flush(self) -> None:
+        """Give every parked lease back to the pool."""
+        with self._lock:
+            parked, self._bag = self._bag, []
+        for lease in parked:
+            super().release(lease)
+
+    @property
+    def parked(self) -> int:
+        return len(self._bag)
+
+    def _on_push(self, message: Message) -> None:
+        if isinstance(message, ReturnParked) and message.pool == self.name:
+            self._return_until = time.monotonic() + RETURN_WINDOW
+            self.flush()
+        elif isinstance(message, Drain):
+            self.flush()
+        elif isinstance(message, LeaseExpired) and message.pool == self.name:
+            with self._lock:
+                self._bag = [lease for lease in self._bag if lease.id != message.lease_id]
 
 
 _client: Client | None = None

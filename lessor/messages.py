@@ -37,6 +37,7 @@ __all__ = [
     "PoolStats",
     "Release",
     "Renew",
+    "ReturnParked",
     "Task",
     "TaskResult",
     "decode",
@@ -233,6 +234,14 @@ class TaskResult(Message):
     ok: bool
     value: Any
     error: str
+
+
+@_message(14)
+@dataclass(frozen=True, slots=True)
+class ReturnParked(Message):
+    """Pushed by a pool that has a waiter and nothing free: give back parked leases."""
+
+    pool: str
 
 
 def _positive(name: str, value: float | None) -> None:

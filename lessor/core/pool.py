@@ -210,6 +210,15 @@ class PoolCore:
         """Leases still out (this incarnation's and inherited ones), for the next incarnation."""
         return [*self.leases(), *self._orphans.values()]
 
+    def holders(self) -> list[str]:
+        """Everyone who holds a lease of this pool now."""
+        return list(self._by_holder)
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing idle and no room to make more: a new Acquire has to wait for a release."""
+        return not self._idle and len(self._slots) + self._creating >= self.spec.max_size
+
     def leases_of(self, holder: str) -> list[str]:
         return list(self._by_holder.get(holder, ()))
 
@@ -246,7 +255,7 @@ class PoolCore:
                 self._grant(now, ticket, holder, ttl, now, slot, out)
                 return out
         limit = self.spec.max_waiting
-        if limit and self.waiting >= limit:
+        if limit and len(self._waiters) >= limit:  # queued ones; not those already in a Check
             self.counters.rejected += 1
             raise PoolExhausted(
                 f"pool {self.spec.name!r} already has {limit} waiting (max_waiting)"
@@ -361,6 +370,10 @@ class PoolCore:
             self._destroy(slot, "check failed", out)
             if waiter is not None and waiter.state == _SERVING:
                 self._requeue(waiter)
+        elif slot.retire_at <= now:  # its lifetime ended during the check
+            self._destroy(slot, "lifetime", out)
+            if waiter is not None and waiter.state == _SERVING:
+                self._requeue(waiter)
         elif waiter is not None and waiter.state == _SERVING:
             waiter.state = _DONE
             self._grant(
@@ -437,7 +450,7 @@ class PoolCore:
             best = min(best, self._idle[0].last_used + self.spec.max_idle)
         if self._retire:
             best = min(best, self._retire[0][0])
-        if self._failures and not self._creating and self._demand() > 0:
+        if self._failures and not self._creating and not self._closed and self._demand() > 0:
             best = min(best, self._retry_at)
         return None if best == _INF else best
 
@@ -628,7 +641,10 @@ class PoolCore:
         out.append(Reclaimed(lease, why))
         self.counters.reclaimed += 1
         self.counters.hold_ms.add((now - lease.granted_at) * 1000.0)
-        if self._reusable:
+        if self._reusable and self._has_reset and not self._closed:
+            self._busy[slot.id] = slot  # reset like any returned resource
+            out.append(Reset(slot.id, slot.resource))
+        elif self._reusable:
             self._to_idle(now, slot, out)
         else:  # the holder may still be touching it
             self._destroy(slot, why, out)

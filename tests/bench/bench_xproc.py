@@ -25,9 +25,12 @@ WORKER_COUNTS = (1, 2, 4, 8)
 
 
 def lessor_pairs(job: list[Any]) -> list[float]:
-    """In a worker: warm up, then time ``n`` pairs; returns [µs per pair, start, end]."""
-    pool_name, n = job
-    slots = lessor.connect().pool(pool_name)
+    """In a worker: warm up, then time ``n`` pairs; returns [µs per pair, start, end].
+
+    ``job`` is [pool, n] or [pool, n, True] for a caching handle (parked leases).
+    """
+    pool_name, n, *cache = job
+    slots = lessor.connect().pool(pool_name, cache=bool(cache and cache[0]))
     acquire, release = slots.acquire, slots.release
     for _ in range(200):
         release(acquire(timeout=30))
@@ -91,27 +94,38 @@ def kernel_semaphore_us(n: int) -> float:
 def run(n: int, repeat: int) -> dict[str, Any]:
     with Runtime(handle_signals=False) as runtime:
         runtime.add_pool(PoolSpec("slots", TokenFactory(), min_size=3, max_size=3))
-        pair, pipe = [], []
-        for _ in range(repeat):  # interleaved, so both see the same machine noise
+        pair, cached, pipe = [], [], []
+        for _ in range(repeat):  # interleaved, so all see the same machine noise
             pair.append(runtime.map(lessor_pairs, [["slots", n]], workers=1)[0][0])
+            cached.append(runtime.map(lessor_pairs, [["slots", n, True]], workers=1)[0][0])
             pipe.append(pipe_round_trip_us(n))
-        throughput = {}
+        throughput, throughput_cached = {}, {}
         for workers in WORKER_COUNTS:
             each = max(500, n // workers)
             runs = runtime.map(lessor_pairs, [["slots", each]] * workers, workers=workers)
             span = max(r[2] for r in runs) - min(r[1] for r in runs)
             throughput[str(workers)] = round(workers * each / span)
+            runs = runtime.map(lessor_pairs, [["slots", each, True]] * workers, workers=workers)
+            span = max(r[2] for r in runs) - min(r[1] for r in runs)
+            throughput_cached[str(workers)] = round(workers * each / span)
     pair_us, pipe_us = statistics.median(pair), statistics.median(pipe)
+    cached_us = statistics.median(cached)
     manager_us = manager_semaphore_us(max(1000, n // 2))
     kernel_us = kernel_semaphore_us(n * 10)
     return {
         "pair_us": round(pair_us, 1),
         "pairs_per_s": throughput,
+        "pair_cached_us": round(cached_us, 2),
+        "pairs_per_s_cached": throughput_cached,
         "pipe_rt_us": round(pipe_us, 1),
         "manager_sem_us": round(manager_us, 1),
         "kernel_sem_us": round(kernel_us, 3),
         "ratio_to_pipe": round(pair_us / pipe_us, 3),
         "speedup_vs_manager": round(manager_us / pair_us, 2),
+        "ratio_to_pipe_cached": round(cached_us / pipe_us, 3),
+        "speedup_vs_manager_cached": round(manager_us / cached_us, 1),
+        "note": "pair: every Acquire is a round trip; cached: client.pool(name, cache=True) "
+        "parks released leases in the worker and reuses them until the pool asks",
         "targets": {"ratio_to_pipe": "<= 1.5", "speedup_vs_manager": ">= 3"},
         "kernel_sem_note": "fast, but a slot held by a process that dies is lost for good",
         "cpus": os.cpu_count(),

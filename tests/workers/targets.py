@@ -108,3 +108,19 @@ def threads_share_one_client(pool: str, out_dir: str) -> None:
         t.join()
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(f"{got[0].resource == first.resource} {len(errors)} {slots.stats().acquired}")
+
+
+def cached_pairs(pool: str, n: int, log_dir: str, hold_s: float = 0.0) -> None:
+    """Like ``pairs``, through a caching handle: parked leases are reused locally."""
+    client = lessor.connect()
+    slots = client.pool(pool, cache=True)
+    path = os.path.join(log_dir, f"{os.getpid()}.log")
+    with open(path, "a") as log:
+        for _ in range(n):
+            lease = slots.acquire(timeout=30)
+            began = time.monotonic()
+            if hold_s:
+                time.sleep(hold_s)  # the work done with the resource
+            ended = time.monotonic()
+            slots.release(lease)
+            log.write(f"{lease.resource} {began!r} {ended!r} {lease.id}\n")
