@@ -1,1 +1,1 @@
-"""Adapters for real resources (PostgreSQL, HTTP)."""
+"""Adapters for real resources: PostgreSQL (psycopg 3) and HTTP (requests)."""

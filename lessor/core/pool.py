@@ -672,10 +672,13 @@ class PoolCore:
         return UnknownLease(f"pool {self.spec.name!r} never granted lease {lease_id!r}")
 
     def _timeout_error(self, waiter: _Waiter) -> AcquireTimeout:
-        err = AcquireTimeout(
+        text = (
             f"no resource from pool {self.spec.name!r} within {waiter.timeout:g}s "
             f"(size {len(self._slots)}/{self.spec.max_size}, {self.leased} leased)"
         )
-        if self._last_error is not None:
-            err.__cause__ = self._last_error
+        cause = self._last_error
+        if cause is not None:  # name it: "password authentication failed" beats a bare timeout
+            text += f"; the factory is failing: {type(cause).__name__}: {cause}".rstrip()
+        err = AcquireTimeout(text)
+        err.__cause__ = cause
         return err

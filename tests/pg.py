@@ -1,0 +1,62 @@
+"""A real PostgreSQL for the tests: LESSOR_PG_DSN if set, else pgserver in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class Postgres:
+    dsn: str
+    server: Any = None  # a pgserver server when we started one
+
+    def sessions(self, application_name: str) -> int:
+        """Server-side sessions with this application_name (the independent count)."""
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def terminate(self, pid: int) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    def stop_immediately(self) -> None:
+        """``pg_ctl stop -m immediate``: a crash, from the clients' point of view."""
+        import pgserver
+
+        pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        command = f"{pg_ctl} -D {self.server.pgdata} stop -m immediate"
+        if os.geteuid() == 0:
+            subprocess.run(["su", self.server.system_user, "-c", command], check=True)
+        else:
+            subprocess.run(command.split(), check=True)
+
+    def start_again(self) -> None:
+        self.server.ensure_postgres_running()
+
+
+def start() -> Postgres:
+    dsn = os.environ.get("LESSOR_PG_DSN")
+    if dsn:
+        return Postgres(dsn)
+    import pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # where pgserver locks
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="lessor-pg-"), cleanup_mode="stop")
+    return Postgres(server.get_uri(), server)
+
+
+def stop(pg: Postgres) -> None:
+    if pg.server is not None:
+        pg.server.cleanup()
