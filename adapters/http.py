@@ -126,7 +126,8 @@ class HttpSessionFactory(Factory[TimeoutSession]):
 
 def _connections_opened(session: requests.Session) -> int:
     total = 0
-    for adapter in session.adapters.values():
+    adapters = {id(a): a for a in session.adapters.values()}  # one adapter, two prefixes
+    for adapter in adapters.values():
         if isinstance(adapter, HTTPAdapter):
             for key in list(adapter.poolmanager.pools.keys()):
                 pool = adapter.poolmanager.pools.get(key)
