@@ -58,6 +58,7 @@ __all__ = [
     "AwaitDrained",
     "BeginDrain",
     "CancelAcquire",
+    "EvictIdle",
     "PoolActor",
     "PoolLineage",
     "ReclaimAll",
@@ -97,6 +98,11 @@ class _ResetDone:
 @dataclass(frozen=True, slots=True)
 class _HolderGone:
     holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class EvictIdle:
+    """Close idle resources above min_size now (their quota is wanted elsewhere)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,8 @@ class CancelAcquire:
 
 
 _TICK = _Tick()
+#: While Acquires wait and nothing is free, holders are asked for parked leases this often.
+NUDGE_INTERVAL = 0.05
 
 
 class PoolActor(LessorActor):
@@ -277,6 +285,8 @@ class PoolActor(LessorActor):
         now = self._clock()
         if message is _TICK:
             self._apply(core.tick(now))
+            if core.exhausted and core.waiting:  # still waiting: ask again
+                self._ask_parked_back("")
         elif isinstance(message, _Created):
             self._apply(core.created(now, message.resource))
         elif isinstance(message, _CreateFailed):
@@ -291,6 +301,8 @@ class PoolActor(LessorActor):
         elif isinstance(message, _HolderGone):
             if core.leases_of(message.holder) or core.orphans or core.waiting:
                 self._apply(core.reclaim_holder(now, message.holder))
+        elif isinstance(message, EvictIdle):
+            self._apply(core.evict_idle(now))
         elif isinstance(message, BeginDrain):
             core.stop_admitting()
             self._apply(core.fail_waiters(ShuttingDown(f"pool {self.spec.name!r} shutting down")))
@@ -326,6 +338,10 @@ class PoolActor(LessorActor):
         timer = self._timer
         if timer is not None:
             due = self.core.next_deadline()
+            if self.core.exhausted and self.core.waiting:
+                # Parked leases and idle quota come back only when asked: ask again soon.
+                nudge = self._clock() + NUDGE_INTERVAL
+                due = nudge if due is None else min(due, nudge)
             if due is not None and due < timer.due:
                 timer.schedule(due)
 

@@ -112,6 +112,20 @@ class HttpSessionFactory(Factory[TimeoutSession]):
     def is_fatal(self, exc: BaseException) -> bool:
         return isinstance(exc, requests.ConnectionError)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a process-scoped pool's spec travels to its workers): settings only."""
+        state = self.__dict__.copy()
+        for name in ("_sessions", "_returned", "_retired", "_lock"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sessions = {}
+        self._returned = {}
+        self._retired = {"connections": 0, "requests": 0}
+        self._lock = threading.Lock()
+
     def stats(self) -> dict[str, int]:
         """Keep-alive reuse: TCP connections opened versus requests made, all sessions."""
         with self._lock:

@@ -100,5 +100,16 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
     def is_fatal(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a process-scoped pool's spec travels to its workers): settings only."""
+        state = self.__dict__.copy()
+        del state["_lock"], state["_returned"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._returned = {}
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:  # never show a password
         return f"PostgresFactory(application_name={self.application_name!r})"

@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from multiprocessing import connection as mpc
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lessor import errors, wire
+from lessor.actors.pool import EvictIdle
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
 from lessor.leases import LeaseOps
 from lessor.messages import (
@@ -37,7 +38,11 @@ from lessor.messages import (
     ReturnParked,
 )
 from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
+from lessor.specs import PoolSpec
 from lessor.wire import Kind
+
+if TYPE_CHECKING:
+    from lessor.handle import PoolHandle
 
 __all__ = ["Client", "RemotePool", "connect"]
 
@@ -109,6 +114,9 @@ class Client:
         self.drain_deadline_s: float | None = None
         self._handlers: list[Callable[[Message], None]] = []
         self._cached: dict[str, RemotePool] = {}
+        #: Process-scoped pools of the runtime: this process runs its own of each.
+        self.local_specs: dict[str, PoolSpec] = {}
+        self._local: dict[str, PoolHandle] = {}
         self.on_lost: Callable[[], None] = _terminate_self
         self._reader = threading.Thread(target=self._background, name="lessor-client",
                                         daemon=True)  # fmt: skip
@@ -166,10 +174,16 @@ class Client:
     def tell(self, target: str, message: Message) -> None:
         self._send(wire.frame(Kind.TELL, 0, target, message))
 
-    def pool(self, name: str, *, cache: bool = False) -> RemotePool:
+    def pool(self, name: str, *, cache: bool = False) -> LeaseOps:
         """A pool of the runtime. With ``cache``, released leases are parked in this
         process and reused without a round trip until the pool asks for them back
-        (see :class:`RemotePool`); one cached handle per pool name."""
+        (see :class:`RemotePool`); one cached handle per pool name.
+
+        For a process-scoped pool this is the worker's own pool (live connections),
+        each resource holding a lease on the runtime's global quota.
+        """
+        if name in self.local_specs:
+            return self._local_pool(name)
         if not cache:
             return RemotePool(self, name)
         with self._cv:
@@ -178,11 +192,32 @@ class Client:
                 pool = self._cached[name] = RemotePool(self, name, cache=True)
         return pool
 
+    def _local_pool(self, name: str) -> PoolHandle:
+        from lessor.handle import start_pool
+        from lessor.quota import local_spec
+
+        with self._cv:
+            handle = self._local.get(name)
+            if handle is None:
+                spec = local_spec(self.local_specs[name], RemotePool(self, name))
+                handle = self._local[name] = start_pool(spec)
+                if len(self._local) == 1:
+                    self.on_push(self._quota_wanted)
+        return handle
+
+    def _quota_wanted(self, message: Message) -> None:
+        if isinstance(message, ReturnParked) and message.pool in self._local:
+            with contextlib.suppress(Exception):
+                self._local[message.pool].actor_ref.tell(EvictIdle())
+
     def on_push(self, handler: Callable[[Message], None]) -> None:
         """Call ``handler(message)`` for every push (Drain, LeaseExpired), on a reading thread."""
         self._handlers.append(handler)
 
     def close(self) -> None:
+        for local in list(self._local.values()):
+            with contextlib.suppress(Exception):
+                local.stop(timeout=10)  # closes its resources, giving their quota back
         for pool in list(self._cached.values()):
             with contextlib.suppress(LessorError):
                 pool.flush()  # give parked leases back rather than have them reclaimed

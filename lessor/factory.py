@@ -46,7 +46,13 @@ class Factory(Generic[R]):
 
 
 def overrides(factory: Factory[Any], hook: str) -> bool:
-    """Whether a factory implements a hook, so the pool can skip a no-op round trip."""
+    """Whether a factory implements a hook, so the pool can skip a no-op round trip.
+
+    A wrapper (``factory.wrapped``, as QuotaFactory) implements what it wraps does.
+    """
+    wrapped = getattr(factory, "wrapped", None)
+    if isinstance(wrapped, Factory):
+        return overrides(wrapped, hook)
     return getattr(type(factory), hook) is not getattr(Factory, hook)
 
 

@@ -29,6 +29,7 @@ from lessor.handle import PoolHandle
 from lessor.mapjob import MapJob, map_worker
 from lessor.messages import Lease
 from lessor.node import Node
+from lessor.quota import quota_spec
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
@@ -90,6 +91,7 @@ class Runtime:
         self._pools: dict[str, PoolHandle] = {}
         self._node: Node | None = None
         self._groups: dict[str, ChildRef] = {}
+        self._process_specs: dict[str, PoolSpec] = {}
         self._jobs = itertools.count(1)
         self._lock = threading.Lock()
         self._report: ShutdownReport | None = None
@@ -114,6 +116,11 @@ class Runtime:
         shutdown: float = 5.0,
     ) -> PoolHandle:
         """Start a supervised pool; the handle follows it across restarts."""
+        if spec.scope == "process":
+            # Workers run the real pools; here lives the global quota they draw on.
+            with self._lock:
+                self._process_specs[spec.name] = spec
+            spec = quota_spec(spec)
         kwargs = {"lineage": PoolLineage(), "events": self.event_log}
         child = self.add_child(ChildSpec(spec.name, PoolActor, (spec,), kwargs, restart, shutdown))
         handle = PoolHandle(child, spec)
@@ -161,7 +168,9 @@ class Runtime:
         the worker its client (``client.pool("name")`` has the in-process lease API).
         """
         name = name or f"workers-{next(self._jobs)}"
-        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds)
+        with self._lock:
+            pools = dict(self._process_specs)
+        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, pools=pools)
         group = self.add_child(
             ChildSpec(name, WorkerGroup, (spec, self.node, self.event_log, f"root/{name}"))
         )

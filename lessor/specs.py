@@ -64,6 +64,12 @@ class PoolSpec:
     create_backoff_max: float = 10.0
     #: Threads that run the factory (create, destroy, check, reset) off the actor thread.
     workers: int = 2
+    #: "runtime": one pool in the supervising process. "process": each worker process
+    #: runs its own pool of resources that cannot cross (live connections), every one
+    #: of them holding a lease on a quota of ``max_total`` kept by the runtime.
+    scope: Literal["runtime", "process"] = "runtime"
+    #: The global cap across processes for ``scope="process"``; defaults to max_size.
+    max_total: int | None = None
 
     def __post_init__(self) -> None:
         _nonempty("name", self.name)
@@ -100,6 +106,14 @@ class PoolSpec:
         _require(
             self.strategy in ("lifo", "fifo"), "strategy", "must be 'lifo' or 'fifo'", self.strategy
         )
+        _require(self.scope in ("runtime", "process"), "scope", "must be 'runtime' or 'process'",
+                 self.scope)  # fmt: skip
+        _require(
+            self.max_total is None
+            or (isinstance(self.max_total, int) and not isinstance(self.max_total, bool)
+                and self.max_total >= 1),
+            "max_total", "must be an int >= 1 or None", self.max_total,
+        )  # fmt: skip
         _require(
             isinstance(self.workers, int) and self.workers >= 1,
             "workers",

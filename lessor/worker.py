@@ -13,16 +13,27 @@ from typing import Any
 
 from lessor.client import connect
 from lessor.errors import ActorStopped, ShuttingDown
+from lessor.specs import PoolSpec
 
 __all__ = ["run_worker"]
 
 log = logging.getLogger("lessor.worker")
 
 
-def run_worker(target: Callable[..., Any], args: tuple[Any, ...], env: dict[str, str]) -> None:
-    """Entry point of every worker process; an exception exits it with status 1."""
+def run_worker(
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    env: dict[str, str],
+    pools: dict[str, PoolSpec] | None = None,
+) -> None:
+    """Entry point of every worker process; an exception exits it with status 1.
+
+    ``pools`` are the runtime's process-scoped pools: this worker runs its own pool
+    of each (``connect().pool(name)``), under the runtime's global quota.
+    """
     os.environ.update(env)
     client = connect()  # also how the worker notices its runtime dying (the reader sees EOF)
+    client.local_specs.update(pools or {})
     try:
         target(*args)
     except (ShuttingDown, ActorStopped) as exc:

@@ -48,6 +48,8 @@ class WorkerSpec:
     max_restarts: int = 10
     max_seconds: float = 10.0
     env: dict[str, str] = field(default_factory=dict)
+    #: Process-scoped pool specs each worker runs its own pool of.
+    pools: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _nonempty("id", self.id)
@@ -157,7 +159,7 @@ class WorkerGroup(pykka.ThreadingActor):
         env = {**self.spec.env, **self.node.env(slot.worker_id)}
         process = self._ctx.Process(
             target=run_worker,
-            args=(self.spec.target, self.spec.args, env),
+            args=(self.spec.target, self.spec.args, env, self.spec.pools),
             name=f"lessor-{slot.worker_id}",
         )
         process.start()

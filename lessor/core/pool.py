@@ -486,6 +486,13 @@ class PoolCore:
         self._dispatch(now, out)
         return [*taken, *orphans], out
 
+    def evict_idle(self, now: float) -> list[Decision]:
+        """Destroy idle resources above ``min_size`` now (someone elsewhere needs quota)."""
+        out: list[Decision] = []
+        while len(self._idle) > self.spec.min_size:
+            self._destroy(self._idle.popleft(), "idle", out)
+        return out
+
     def stop_admitting(self) -> None:
         """New Acquires get ShuttingDown; releases and queued waiters carry on."""
         self._admitting = False

@@ -124,3 +124,24 @@ def cached_pairs(pool: str, n: int, log_dir: str, hold_s: float = 0.0) -> None:
             ended = time.monotonic()
             slots.release(lease)
             log.write(f"{lease.resource} {began!r} {ended!r} {lease.id}\n")
+
+
+def pg_hammer(pool: str, n: int, out_dir: str) -> None:
+    """Run queries through this worker's own pool of connections (process scope)."""
+    db = lessor.connect().pool(pool)
+    for _ in range(n):
+        with db.lease(timeout=60) as conn:
+            conn.execute("SELECT pg_sleep(0.002)")
+            conn.commit()
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write("done")
+
+
+def pg_hold(pool: str, count: int, ready_dir: str) -> None:
+    """Hold ``count`` connections of this worker's pool and block (to be SIGKILLed)."""
+    db = lessor.connect().pool(pool)
+    leases = [db.acquire(timeout=60) for _ in range(count)]
+    with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+        out.write(" ".join(str(lease.resource.info.backend_pid) for lease in leases))
+    while True:
+        time.sleep(3600)

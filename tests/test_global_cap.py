@@ -1,0 +1,79 @@
+"""One global limit on PostgreSQL connections across worker processes (two tiers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lessor import PoolSpec, Runtime
+from lessor.adapters.postgres import PostgresFactory
+from tests import pg
+from tests.conftest import wait_until
+from tests.workers import targets
+
+SESSIONS_GONE_BOUND = 5.0  # seconds for the server to drop a SIGKILLed worker's sessions
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[pg.Postgres]:
+    postgres = pg.start()
+    yield postgres
+    pg.stop(postgres)
+
+
+def test_four_workers_never_open_more_than_max_total(server: pg.Postgres, tmp_path: Path) -> None:
+    app = "lessor-cap"
+    rt = Runtime(handle_signals=False)
+    try:
+        quota = rt.add_pool(
+            PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
+                     scope="process", max_total=5)
+        )  # fmt: skip
+        seen: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.01):
+                seen.append(server.sessions(app))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        group = rt.spawn_workers(targets.pg_hammer, 4, args=("pg", 150, str(tmp_path)),
+                                 restart="transient")  # fmt: skip
+        try:
+            assert rt.join(group, timeout=120)
+        finally:
+            done.set()
+            sampler.join()
+        assert len(list(tmp_path.iterdir())) == 4
+        assert max(seen) <= 5, f"saw {max(seen)} sessions"
+        assert max(seen) >= 4  # the cap was actually contended for
+        stats = quota.stats()
+        assert stats.leased == 0 and stats.acquired == stats.released
+    finally:
+        rt.shutdown(timeout=5)
+    assert server.sessions(app) == 0
+
+
+def test_a_killed_workers_quota_and_sessions_come_back(server: pg.Postgres, tmp_path: Path) -> None:
+    app = "lessor-kill"
+    rt = Runtime(handle_signals=False)
+    try:
+        quota = rt.add_pool(
+            PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
+                     scope="process", max_total=3)
+        )  # fmt: skip
+        rt.spawn_workers(targets.pg_hold, 1, args=("pg", 2, str(tmp_path)), restart="temporary")
+        assert wait_until(lambda: len(list(tmp_path.iterdir())) == 1, timeout=30)
+        (ready,) = tmp_path.iterdir()
+        assert quota.stats().leased == 2 and server.sessions(app) == 2
+        os.kill(int(ready.name), signal.SIGKILL)
+        assert wait_until(lambda: quota.stats().leased == 0, timeout=1)
+        assert wait_until(lambda: server.sessions(app) == 0, timeout=SESSIONS_GONE_BOUND)
+    finally:
+        rt.shutdown(timeout=5)
