@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -126,3 +127,34 @@ def test_a_missing_database_is_named(server: pg.Postgres, pools: list[PoolHandle
     db = pool(pools, PostgresFactory(server.dsn, dbname="no_such_db"), max_size=1)
     with pytest.raises(AcquireTimeout, match='database "no_such_db" does not exist'):
         db.acquire(timeout=1.0)
+
+
+def test_the_pool_recovers_when_the_server_restarts(pools: list[PoolHandle]) -> None:
+    own = pg.start()  # a server of its own: this test crashes it
+    if own.server is None:
+        pg.stop(own)
+        pytest.skip("needs the embedded server (LESSOR_PG_DSN is set)")
+    try:
+        factory = PostgresFactory(own.dsn, application_name="lessor-restart", check_idle_after=0)
+        db = pool(pools, factory, max_size=2, create_backoff=0.05, create_backoff_max=0.2)
+        first, second = db.acquire(timeout=10), db.acquire(timeout=10)
+        db.release(first)
+        db.release(second)
+        assert wait_until(lambda: db.stats().idle == 2)
+        own.stop_immediately()  # both idle connections are now dead
+        answers: list[object] = []
+
+        def query() -> None:  # waits while the server is down; a lease dies with its thread
+            with db.lease(timeout=30) as conn:
+                answers.append(conn.execute("SELECT 1").fetchone())
+
+        thread = threading.Thread(target=query)
+        thread.start()
+        assert wait_until(lambda: db.stats().factory_errors >= 1, timeout=10)
+        own.start_again()
+        thread.join(30)
+        assert answers == [(1,)]  # served once the server was back, never a broken one
+        stats = db.stats()
+        assert stats.check_failures >= 1 and stats.destroyed >= 2  # the dead ones went
+    finally:
+        pg.stop(own)
