@@ -431,8 +431,8 @@ class PoolActor(LessorActor):
         try:
             self._factory.reset(resource)
             ok = True
-        except Exception:
-            log.warning("pool %r: reset raised", self.spec.name, exc_info=True)
+        except Exception as exc:  # the designed way to say "do not reuse this one"
+            log.info("pool %r: reset refused a resource: %r", self.spec.name, exc)
             ok = False
         if not self._tell(_ResetDone(slot, ok)):
             self._destroy(resource, "closed")
