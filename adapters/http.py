@@ -11,14 +11,13 @@ requests made.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from lessor.factory import Factory
+from lessor.factory import Factory, IdleClock
 
 __all__ = ["HttpSessionFactory", "TimeoutSession"]
 
@@ -64,7 +63,7 @@ class HttpSessionFactory(Factory[TimeoutSession]):
         self.check_idle_after = check_idle_after
         self.headers = dict(headers or {})
         self._sessions: dict[int, TimeoutSession] = {}
-        self._returned: dict[int, float] = {}
+        self._clock = IdleClock()
         self._retired = {"connections": 0, "requests": 0}
         self._lock = threading.Lock()
 
@@ -80,14 +79,14 @@ class HttpSessionFactory(Factory[TimeoutSession]):
         session.headers.update(self.headers)
         with self._lock:
             self._sessions[id(session)] = session
-            self._returned[id(session)] = time.monotonic()
+        self._clock.mark(session)
         return session
 
     def destroy(self, resource: TimeoutSession) -> None:
         opened = _connections_opened(resource)
+        self._clock.forget(resource)
         with self._lock:
             self._sessions.pop(id(resource), None)
-            self._returned.pop(id(resource), None)
             self._retired["connections"] += opened
             self._retired["requests"] += resource.requests_made
         resource.close()
@@ -96,9 +95,7 @@ class HttpSessionFactory(Factory[TimeoutSession]):
         """Only a session idle past ``check_idle_after`` is checked, against ``health_url``."""
         if self.health_url is None:
             return True
-        with self._lock:
-            idle = time.monotonic() - self._returned.get(id(resource), 0.0)
-        if idle < self.check_idle_after:
+        if self._clock.idle_for(resource) < self.check_idle_after:
             return True
         try:
             return bool(resource.get(self.health_url, timeout=self.timeout).ok)
@@ -106,8 +103,7 @@ class HttpSessionFactory(Factory[TimeoutSession]):
             return False
 
     def reset(self, resource: TimeoutSession) -> None:
-        with self._lock:
-            self._returned[id(resource)] = time.monotonic()
+        self._clock.mark(resource)
 
     def is_fatal(self, exc: BaseException) -> bool:
         return isinstance(exc, requests.ConnectionError)
@@ -115,14 +111,13 @@ class HttpSessionFactory(Factory[TimeoutSession]):
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a process-scoped pool's spec travels to its workers): settings only."""
         state = self.__dict__.copy()
-        for name in ("_sessions", "_returned", "_retired", "_lock"):
+        for name in ("_sessions", "_retired", "_lock"):
             del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._sessions = {}
-        self._returned = {}
         self._retired = {"connections": 0, "requests": 0}
         self._lock = threading.Lock()
 

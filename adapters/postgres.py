@@ -11,14 +11,12 @@ or ``closed``, or in whose block an ``OperationalError`` was raised, is destroye
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
-from lessor.factory import Factory
+from lessor.factory import Factory, IdleClock
 
 __all__ = ["PostgresFactory"]
 
@@ -46,8 +44,7 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         self.check_idle_after = check_idle_after
         self.discard_all = discard_all
         self.kwargs = kwargs
-        self._returned: dict[int, float] = {}  # id(conn) -> when it was last given back
-        self._lock = threading.Lock()
+        self._clock = IdleClock()
 
     def create(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
@@ -56,21 +53,18 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
             application_name=self.application_name,
             **self.kwargs,
         )
-        with self._lock:
-            self._returned[id(conn)] = time.monotonic()
+        self._clock.mark(conn)
         return conn
 
     def destroy(self, resource: psycopg.Connection[Any]) -> None:
-        with self._lock:
-            self._returned.pop(id(resource), None)
+        self._clock.forget(resource)
         resource.close()
 
     def check(self, resource: psycopg.Connection[Any]) -> bool:
         """Cheap: the connection's state; a round trip only after a long idle spell."""
         if resource.closed or resource.broken:
             return False
-        with self._lock:
-            idle = time.monotonic() - self._returned.get(id(resource), 0.0)
+        idle = self._clock.idle_for(resource)
         if idle < self.check_idle_after:
             return True
         try:
@@ -94,22 +88,10 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
                 resource.execute("DISCARD ALL")
             finally:
                 resource.autocommit = autocommit
-        with self._lock:
-            self._returned[id(resource)] = time.monotonic()
+        self._clock.mark(resource)
 
     def is_fatal(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Picklable (a process-scoped pool's spec travels to its workers): settings only."""
-        state = self.__dict__.copy()
-        del state["_lock"], state["_returned"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._returned = {}
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show a password
         return f"PostgresFactory(application_name={self.application_name!r})"

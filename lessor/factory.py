@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CallableFactory", "Factory", "TokenFactory", "overrides"]
+__all__ = ["CallableFactory", "Factory", "IdleClock", "TokenFactory", "overrides"]
 
 R = TypeVar("R")
 
@@ -114,3 +115,33 @@ class TokenFactory(Factory[Any]):
     def destroy(self, resource: Any) -> None:
         with self._lock:
             self._free.append(resource)
+
+
+class IdleClock:
+    """When each resource was last given back, so a check can skip fresh ones.
+
+    Thread-safe (factory hooks run on several pool threads) and picklable as empty:
+    a factory that holds one can travel to a worker process with its settings only.
+    """
+
+    def __init__(self) -> None:
+        self._returned: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, resource: object) -> None:
+        with self._lock:
+            self._returned[id(resource)] = time.monotonic()
+
+    def idle_for(self, resource: object) -> float:
+        with self._lock:
+            return time.monotonic() - self._returned.get(id(resource), 0.0)
+
+    def forget(self, resource: object) -> None:
+        with self._lock:
+            self._returned.pop(id(resource), None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
