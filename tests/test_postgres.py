@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -157,4 +158,30 @@ def test_the_pool_recovers_when_the_server_restarts(pools: list[PoolHandle]) -> 
         stats = db.stats()
         assert stats.check_failures >= 1 and stats.destroyed >= 2  # the dead ones went
     finally:
+        pg.stop(own)
+
+
+def test_a_wrong_password_is_named(pools: list[PoolHandle]) -> None:
+    own = pg.start()  # its own server: the test changes pg_hba.conf
+    if own.server is None:
+        pg.stop(own)
+        pytest.skip("needs the embedded server (LESSOR_PG_DSN is set)")
+    try:
+        with psycopg.connect(own.dsn, autocommit=True) as admin:
+            admin.execute("CREATE ROLE lessor_pw LOGIN PASSWORD 'right'")
+            hba = Path(own.server.pgdata) / "pg_hba.conf"
+            hba.write_text("local all lessor_pw scram-sha-256\n" + hba.read_text())
+            admin.execute("SELECT pg_reload_conf()")
+        wrong = pool(pools, PostgresFactory(own.dsn, user="lessor_pw", password="wrong"),
+                     max_size=1)  # fmt: skip
+        with pytest.raises(AcquireTimeout, match="password authentication failed"):
+            wrong.acquire(timeout=1.0)
+        right = pool(pools, PostgresFactory(own.dsn, user="lessor_pw", password="right"),
+                     max_size=1)  # fmt: skip
+        with right.lease(timeout=10) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("lessor_pw",)
+    finally:
+        for handle in pools:
+            handle.stop(timeout=10)
+        pools.clear()
         pg.stop(own)
