@@ -115,7 +115,12 @@ class Runtime:
         restart: Restart = "permanent",
         shutdown: float = 5.0,
     ) -> PoolHandle:
-        """Start a supervised pool; the handle follows it across restarts."""
+        """Start a supervised pool; the handle follows it across restarts.
+
+        With ``spec.scope == "process"`` this starts the global quota of
+        ``spec.max_total`` (the returned handle leases quota tokens); each worker
+        spawned afterwards runs its own pool of the real resources under it.
+        """
         if spec.scope == "process":
             # Workers run the real pools; here lives the global quota they draw on.
             with self._lock:

@@ -255,3 +255,18 @@ def test_caching_workers_give_parked_leases_back_to_waiters(
     stats = pool.stats()
     assert stats.leased == 0 and stats.acquired == stats.released
     assert not any(e.kind == "failed" for e in runtime.events())
+
+
+def test_bad_worker_and_scope_specs_name_the_field() -> None:
+    from lessor.supervisor.workers import WorkerSpec
+
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        WorkerSpec("w", targets.fail, n=0)
+    with pytest.raises(ValueError, match="target must be callable"):
+        WorkerSpec("w", "targets.fail")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="restart"):
+        WorkerSpec("w", targets.fail, restart="always")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scope"):
+        PoolSpec("p", TokenFactory(), scope="cluster")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_total"):
+        PoolSpec("p", TokenFactory(), scope="process", max_total=0)
