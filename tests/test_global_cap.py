@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,32 @@ def test_a_killed_workers_quota_and_sessions_come_back(server: pg.Postgres, tmp_
         assert wait_until(lambda: server.sessions(app) == 0, timeout=SESSIONS_GONE_BOUND)
     finally:
         rt.shutdown(timeout=5)
+
+
+def test_idle_quota_in_one_worker_flows_to_a_worker_that_waits(
+    server: pg.Postgres, tmp_path: Path
+) -> None:
+    app = "lessor-rebalance"
+    idle_dir, busy_dir = tmp_path / "idle", tmp_path / "busy"
+    idle_dir.mkdir()
+    busy_dir.mkdir()
+    rt = Runtime(handle_signals=False)
+    try:
+        quota = rt.add_pool(
+            PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
+                     scope="process", max_total=3, max_idle=60)
+        )  # fmt: skip
+        rt.spawn_workers(targets.pg_warm_then_idle, 1, args=("pg", 3, str(idle_dir)),
+                         restart="temporary", name="hoarder")  # fmt: skip
+        assert wait_until(lambda: len(list(idle_dir.iterdir())) == 1, timeout=30)
+        assert quota.stats().leased == 3  # all quota sits in the hoarder's idle connections
+        began = time.monotonic()
+        group = rt.spawn_workers(targets.pg_hammer, 1, args=("pg", 20, str(busy_dir)),
+                                 restart="transient", name="busy")  # fmt: skip
+        assert rt.join(group, timeout=30)
+        # Served long before the hoarder's idle connections would expire (10 s locally):
+        assert time.monotonic() - began < 5
+        print(f"a waiting worker got idle quota from another in {time.monotonic() - began:.2f}s")
+        assert server.sessions(app) <= 3
+    finally:
+        rt.shutdown(timeout=0.5)  # the hoarder never exits by itself

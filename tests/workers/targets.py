@@ -145,3 +145,15 @@ def pg_hold(pool: str, count: int, ready_dir: str) -> None:
         out.write(" ".join(str(lease.resource.info.backend_pid) for lease in leases))
     while True:
         time.sleep(3600)
+
+
+def pg_warm_then_idle(pool: str, count: int, ready_dir: str) -> None:
+    """Open ``count`` connections, give them back (idle, holding quota), then idle on."""
+    db = lessor.connect().pool(pool)
+    leases = [db.acquire(timeout=60) for _ in range(count)]
+    for lease in leases:
+        db.release(lease)
+    with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+        out.write("idle")
+    while True:
+        time.sleep(3600)
