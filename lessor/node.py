@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import secrets
+import select
 import shutil
 import socket
 import tempfile
@@ -70,7 +71,10 @@ class Peer:
         self.holder = f"worker:{worker_id}:{pid}"
         self.pending: dict[int, WireReply] = {}
         self.closed = False
+        self.dropped_pushes = 0
         self._lock = threading.Lock()
+        self._writable = select.poll()
+        self._writable.register(conn.fileno(), select.POLLOUT)
 
     def send(self, data: bytes) -> bool:
         with self._lock:
@@ -84,7 +88,16 @@ class Peer:
         return True
 
     def tell(self, message: Message) -> None:
-        """Push a message the worker did not ask for (LeaseExpired, Drain)."""
+        """Push a message the worker did not ask for (LeaseExpired, Drain, ReturnParked).
+
+        Pushes are hints, sent from pool threads: to a worker that stopped reading
+        (its socket buffer full) one is dropped rather than block the pool.
+        """
+        if not self._writable.poll(0):
+            self.dropped_pushes += 1
+            log.warning("node: %s is not reading; dropped a %s push", self.holder,
+                        type(message).__name__)  # fmt: skip
+            return
         self.send(wire.frame(Kind.PUSH, 0, "", message))
 
     def error(self, corr: int, exc: BaseException) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 from collections.abc import Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mpc
@@ -15,7 +16,7 @@ import msgpack
 import pytest
 
 from lessor import GetStats, PoolSpec, Runtime, TokenFactory, wire
-from lessor.messages import Acquire, ErrorReply, Hello, PoolStats, Release
+from lessor.messages import Acquire, ErrorReply, Hello, PoolStats, Release, ReturnParked
 from lessor.wire import Kind
 from tests.conftest import wait_until
 from tests.workers import targets
@@ -141,3 +142,16 @@ def test_a_well_behaved_worker_sees_no_error_during_the_fuzzing(
     assert wait_until(lambda: any(e.kind == "removed" for e in runtime.events()), timeout=30)
     assert not any(e.kind == "failed" for e in runtime.events())
     assert pool.stats().leased == 0
+
+
+def test_pushes_to_a_worker_that_stopped_reading_never_block_the_node(runtime: Runtime) -> None:
+    conn = authed(runtime)  # says HELLO as worker "fuzz", then never reads again
+    node = runtime.node
+    began = time.monotonic()
+    sent = 0
+    while node._peers["fuzz"].dropped_pushes == 0 and time.monotonic() - began < 20:
+        assert node.push("fuzz", ReturnParked("slots"))
+        sent += 1
+    assert node._peers["fuzz"].dropped_pushes == 1, f"{sent} pushes all went through"
+    assert time.monotonic() - began < 20  # it never blocked
+    conn.close()
