@@ -191,6 +191,7 @@ class PoolActor(LessorActor):
         self._executor: ThreadPoolExecutor | None = None
         self._timer: DeadlineTimer | None = None
         self._drained: list[Reply] = []
+        self._nudging = False  # workers were asked for parked leases; ask again while starved
         self._failed = False
         self._on_holder_gone: Callable[[str], None] | None = None
 
@@ -262,8 +263,8 @@ class PoolActor(LessorActor):
             self._apply(
                 core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
             )
-            if core.exhausted and core.waiting:
-                self._ask_parked_back(call.holder)
+            if core.starved:
+                self._nudging = self._ask_parked_back(call.holder)
             result = DEFERRED
         elif isinstance(msg, Release):
             try:
@@ -285,8 +286,8 @@ class PoolActor(LessorActor):
         now = self._clock()
         if message is _TICK:
             self._apply(core.tick(now))
-            if core.exhausted and core.waiting:  # still waiting: ask again
-                self._ask_parked_back("")
+            if self._nudging and core.starved:  # still waiting: ask again
+                self._nudging = self._ask_parked_back("")
         elif isinstance(message, _Created):
             self._apply(core.created(now, message.resource))
         elif isinstance(message, _CreateFailed):
@@ -338,7 +339,7 @@ class PoolActor(LessorActor):
         timer = self._timer
         if timer is not None:
             due = self.core.next_deadline()
-            if self.core.exhausted and self.core.waiting:
+            if self._nudging and self.core.starved:
                 # Parked leases and idle quota come back only when asked: ask again soon.
                 nudge = self._clock() + NUDGE_INTERVAL
                 due = nudge if due is None else min(due, nudge)
@@ -371,13 +372,20 @@ class PoolActor(LessorActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 receiver.tell(LeaseExpired(lease.id, lease.pool))
 
-    def _ask_parked_back(self, asker: str) -> None:
-        """Someone waits and nothing is free: workers caching leases should return them."""
+    def _ask_parked_back(self, asker: str) -> bool:
+        """Someone waits and nothing is free: workers caching leases should return them.
+
+        Returns whether any worker was asked; if none was (an in-process pool), there is
+        no point in waking up to ask again.
+        """
         notice = ReturnParked(self.spec.name)
+        asked = False
         for holder in self.core.holders():
             receiver = holders.holder_receiver(holder)
             if holder != asker and receiver is not None and holder.startswith("worker:"):
                 receiver.tell(notice)
+                asked = True
+        return asked
 
     def _reclaimed(self, detail: str) -> None:
         log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)

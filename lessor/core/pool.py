@@ -219,6 +219,11 @@ class PoolCore:
         """Nothing idle and no room to make more: a new Acquire has to wait for a release."""
         return not self._idle and len(self._slots) + self._creating >= self.spec.max_size
 
+    @property
+    def starved(self) -> bool:
+        """Acquires wait and only a release can serve them: time to ask holders to give back."""
+        return self.exhausted and bool(self._waiters or self._serving)
+
     def leases_of(self, holder: str) -> list[str]:
         return list(self._by_holder.get(holder, ()))
 
