@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -59,7 +60,6 @@ class Message:
 _M = TypeVar("_M", bound=type[Message])
 _REGISTRY: dict[int, type[Message]] = {}
 _FIELDS: dict[type[Message], tuple[str, ...]] = {}
-_CHECKS: dict[type[Message], tuple[Callable[[Any], bool], ...]] = {}
 
 
 def _message(tag: int) -> Callable[[_M], _M]:
@@ -286,17 +286,84 @@ def _compile(hint: Any) -> _Check:
     raise TypeError(f"message fields must be plain types, not {hint!r}")
 
 
+def _inline(hint: Any, var: str, index: int) -> str:
+    """The same test as ``_compile(hint)``, as a Python expression on ``var``.
+
+    Decoding runs on every frame, so the common hints become inline tests; anything
+    else calls its compiled predicate ``_c{index}``.
+    """
+    if hint is Any:
+        return "True"
+    if hint is type(None):
+        return f"{var} is None"
+    if hint in (bool, int, str, bytes):
+        return f"type({var}) is {hint.__name__}"
+    if hint is float:
+        return f"(type({var}) is float and {var} == {var} or type({var}) is int)"
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return "(" + " or ".join(_inline(a, var, index) for a in typing.get_args(hint)) + ")"
+    return f"_c{index}({var})"
+
+
+def _decoder(cls: type[Message]) -> Callable[[list[Any]], Message]:
+    """Generate ``[tag, field, ...] -> cls`` with every field's type checked inline."""
+    fields, hints = _FIELDS[cls], typing.get_type_hints(cls)
+    names = [f"a{i}" for i in range(len(fields))]
+    scope: dict[str, Any] = {"cls": cls, "_bad": _bad, "_arity": _arity}
+    lines = [
+        "def decode(obj):",
+        f"    if len(obj) != {len(fields) + 1}:",
+        "        raise _arity(cls, len(obj) - 1)",
+        f"    _, {''.join(n + ', ' for n in names)}= obj" if names else "    pass",
+    ]
+    for i, (name, var) in enumerate(zip(fields, names, strict=True)):
+        scope[f"_c{i}"] = _compile(hints[name])
+        test = _inline(hints[name], var, i)
+        if test != "True":
+            lines += [f"    if not {test}:", f"        raise _bad(cls, {name!r}, {var})"]
+    lines += [
+        "    try:",
+        f"        return cls({', '.join(names)})",
+        "    except (TypeError, ValueError) as exc:",
+        "        raise ProtocolError(f'invalid {cls.__name__}: {exc}') from exc",
+    ]
+    scope["ProtocolError"] = ProtocolError
+    exec("\n".join(lines), scope)  # the source is built from our own type hints only
+    decode: Callable[[list[Any]], Message] = scope["decode"]
+    return decode
+
+
+def _bad(cls: type[Message], name: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"{cls.__name__}.{name}: bad value {value!r}")
+
+
+def _arity(cls: type[Message], got: int) -> ProtocolError:
+    return ProtocolError(f"{cls.__name__} takes {len(_FIELDS[cls])} fields, got {got}")
+
+
+def _encoder(cls: type[Message]) -> Callable[[Message], list[Any]]:
+    getter = operator.attrgetter(*_FIELDS[cls]) if _FIELDS[cls] else None
+    tag = cls.TAG
+    if getter is None:
+        return lambda _msg: [tag]
+    if len(_FIELDS[cls]) == 1:
+        return lambda msg: [tag, getter(msg)]
+    return lambda msg: [tag, *getter(msg)]
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {}
+_ENCODERS: dict[type[Message], Callable[[Message], list[Any]]] = {}
 for _cls in _REGISTRY.values():
-    _hints = typing.get_type_hints(_cls)
-    _CHECKS[_cls] = tuple(_compile(_hints[name]) for name in _FIELDS[_cls])
+    _DECODERS[_cls.TAG] = _decoder(_cls)
+    _ENCODERS[_cls] = _encoder(_cls)
 
 
 def to_parts(msg: Message) -> list[Any]:
     """The plain ``[tag, field, ...]`` form of a message, for embedding in a larger frame."""
-    fields = _FIELDS.get(type(msg))
-    if fields is None:
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
         raise ProtocolError(f"not a lessor message: {type(msg).__name__}")
-    return [msg.TAG, *[getattr(msg, f) for f in fields]]
+    return encoder(msg)
 
 
 def pack(obj: Any, what: str = "frame") -> bytes:
@@ -330,17 +397,7 @@ def from_parts(obj: Any) -> Message:
     """``[tag, field, ...]`` -> Message, checking every field's type."""
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise ProtocolError("a frame must be an array starting with an integer tag")
-    cls = _REGISTRY.get(obj[0])
-    if cls is None:
+    decoder = _DECODERS.get(obj[0])
+    if decoder is None:
         raise ProtocolError(f"unknown message tag {obj[0]}")
-    fields, checks = _FIELDS[cls], _CHECKS[cls]
-    values = obj[1:]
-    if len(values) != len(fields):
-        raise ProtocolError(f"{cls.__name__} takes {len(fields)} fields, got {len(values)}")
-    for name, check, value in zip(fields, checks, values, strict=True):
-        if not check(value):
-            raise ProtocolError(f"{cls.__name__}.{name}: bad value {value!r}")
-    try:
-        return cls(*values)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"invalid {cls.__name__}: {exc}") from exc
+    return decoder(obj)

@@ -16,6 +16,8 @@ from enum import IntEnum
 from multiprocessing.connection import Connection
 from typing import Any
 
+import msgpack
+
 from lessor.errors import ProtocolError
 from lessor.messages import Message, from_parts, pack, to_parts, unpack
 
@@ -36,7 +38,8 @@ class Kind(IntEnum):
     CANCEL = 6
 
 
-_KINDS = frozenset(int(k) for k in Kind)
+_KIND_OF = {int(k): k for k in Kind}
+_packb = msgpack.packb
 
 
 def hang_up(conn: Connection) -> None:
@@ -57,8 +60,12 @@ def hang_up(conn: Connection) -> None:
 def frame(kind: Kind, corr: int, target: str, message: Message | None) -> bytes:
     """Build one frame; a message that is not msgpack-safe raises ProtocolError."""
     parts = None if message is None else to_parts(message)
-    what = "frame" if message is None else type(message).__name__
-    return pack([int(kind), corr, target, parts], what)
+    try:
+        data: bytes = _packb([int(kind), corr, target, parts], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        # Say which message (and why) the same way the codec does.
+        return pack([int(kind), corr, target, parts], type(message).__name__)
+    return data
 
 
 def parse(data: bytes) -> tuple[Kind, int, str, Message | None]:
@@ -67,9 +74,9 @@ def parse(data: bytes) -> tuple[Kind, int, str, Message | None]:
     if type(obj) is not list or len(obj) != 4:
         raise ProtocolError("a frame is [kind, corr, target, message]")
     kind, corr, target, parts = obj
-    if type(kind) is not int or kind not in _KINDS:
+    known = _KIND_OF.get(kind) if type(kind) is int else None
+    if known is None:
         raise ProtocolError(f"unknown frame kind {kind!r}")
     if type(corr) is not int or type(target) is not str:
         raise ProtocolError("frame corr must be an int and target a str")
-    message = None if parts is None else from_parts(parts)
-    return Kind(kind), corr, target, message
+    return known, corr, target, None if parts is None else from_parts(parts)
