@@ -264,7 +264,7 @@ class PoolActor(LessorActor):
                 core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
             )
             if core.starved:
-                self._nudging = self._ask_parked_back(call.holder)
+                self._nudging = self._ask_parked_back()
             result = DEFERRED
         elif isinstance(msg, Release):
             try:
@@ -287,7 +287,7 @@ class PoolActor(LessorActor):
         if message is _TICK:
             self._apply(core.tick(now))
             if self._nudging and core.starved:  # still waiting: ask again
-                self._nudging = self._ask_parked_back("")
+                self._nudging = self._ask_parked_back()
         elif isinstance(message, _Created):
             self._apply(core.created(now, message.resource))
         elif isinstance(message, _CreateFailed):
@@ -372,17 +372,18 @@ class PoolActor(LessorActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 receiver.tell(LeaseExpired(lease.id, lease.pool))
 
-    def _ask_parked_back(self, asker: str) -> bool:
+    def _ask_parked_back(self) -> bool:
         """Someone waits and nothing is free: workers caching leases should return them.
 
-        Returns whether any worker was asked; if none was (an in-process pool), there is
-        no point in waking up to ask again.
+        The asker's own process is asked too: another of its handles may have parked
+        one. Returns whether any worker was asked; if none was (an in-process pool),
+        there is no point in waking up to ask again.
         """
         notice = ReturnParked(self.spec.name)
         asked = False
         for holder in self.core.holders():
             receiver = holders.holder_receiver(holder)
-            if holder != asker and receiver is not None and holder.startswith("worker:"):
+            if receiver is not None and holder.startswith("worker:"):
                 receiver.tell(notice)
                 asked = True
         return asked

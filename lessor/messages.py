@@ -121,6 +121,8 @@ class Lease(Message):
     """A grant. Times are ``time.monotonic()`` seconds; ``expires_at=None`` never expires.
 
     In-process ``resource`` may be any object; only msgpack-safe resources can be encoded.
+    ``contended`` says others were still waiting for this pool when it was granted: a
+    worker that caches leases gives such a lease back on release instead of parking it.
     """
 
     id: str
@@ -129,6 +131,7 @@ class Lease(Message):
     holder: str
     granted_at: float
     expires_at: float | None
+    contended: bool = False
 
 
 @_message(5)

@@ -23,7 +23,7 @@ from lessor.messages import Message, from_parts, pack, to_parts, unpack
 
 __all__ = ["MAX_FRAME", "PROTOCOL_VERSION", "Kind", "frame", "hang_up", "parse"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Lease.contended
 #: Larger frames are refused and their connection closed (the stream cannot be resynced).
 MAX_FRAME = 1 << 20
 

@@ -41,7 +41,7 @@ every_message = st.one_of(
     st.builds(Release, st.text(), st.booleans()),
     st.builds(Renew, st.text(), pos),
     st.builds(Lease, st.text(), st.text(), plain, st.text(), st.floats(allow_nan=False),
-              st.none() | st.floats(allow_nan=False)),
+              st.none() | st.floats(allow_nan=False), st.booleans()),
     st.just(GetStats()),
     st.builds(LeaseExpired, st.text(), st.text()),
     st.builds(PoolStats, st.text(), *[st.integers(0, 10**9)] * 17, *[pos] * 6),

@@ -179,6 +179,43 @@ def test_idle_resource_is_granted_at_once() -> None:
     assert creates(out) == 0
 
 
+def test_a_grant_says_whether_others_were_waiting() -> None:
+    """``contended`` tells a caching worker to give the lease back, not park it."""
+    core = make_core(max_size=2, min_size=2)
+    owner = Owner(core)
+    owner.see(core.start(0.0))
+    owner.create_all(0.0)
+    free = grant_of(owner.acquire(1.0, "t1"), "t1")
+    assert not free.contended  # idle and nobody waiting
+    other = grant_of(owner.acquire(1.0, "t2", holder="h2"), "t2")
+    assert not other.contended
+    assert owner.acquire(2.0, "t3", holder="h3") == []
+    assert owner.acquire(2.0, "t4", holder="h4") == []
+    first = grant_of(owner.release(3.0, free), "t3")
+    assert first.contended  # t4 still waits
+    second = grant_of(owner.release(3.0, other), "t4")
+    assert not second.contended  # it had queued, but nobody waits after it
+    owner.release(4.0, first)
+    owner.release(4.0, second)
+    assert not grant_of(owner.acquire(5.0, "t5"), "t5").contended
+
+
+def test_starved_only_when_a_waiter_needs_a_release() -> None:
+    """Pools ask workers for parked leases only when no creation will serve the waiter."""
+    core = make_core(max_size=2)
+    owner = Owner(core)
+    held = owner.lease(0.0, "t1")
+    assert owner.acquire(1.0, "t2") == [Create()]
+    assert core.exhausted and not core.starved  # t2 waits for the resource being made
+    _, out = owner.create_one(1.0)
+    other = grant_of(out, "t2")
+    assert owner.acquire(2.0, "t3") == []
+    assert core.starved  # full, and only a release can serve t3
+    grant_of(owner.release(3.0, held), "t3")
+    assert not core.starved
+    owner.release(4.0, other)
+
+
 def test_waiters_served_by_priority_then_fifo() -> None:
     core = make_core(max_size=1)
     owner = Owner(core)

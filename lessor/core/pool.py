@@ -221,8 +221,11 @@ class PoolCore:
 
     @property
     def starved(self) -> bool:
-        """Acquires wait and only a release can serve them: time to ask holders to give back."""
-        return self.exhausted and bool(self._waiters or self._serving)
+        """Acquires wait and only a release can serve them: time to ask holders to give back.
+
+        Waiters that resources being made right now will serve do not count.
+        """
+        return self.exhausted and len(self._waiters) > self._creating
 
     def leases_of(self, holder: str) -> list[str]:
         return list(self._by_holder.get(holder, ()))
@@ -620,7 +623,8 @@ class PoolCore:
             ttl = self.spec.lease_ttl
         lease_id = f"{self._prefix}{next(self._lease_ids)}"
         expires_at = None if ttl is None else now + ttl
-        lease = Lease(lease_id, self.spec.name, slot.resource, holder, now, expires_at)
+        contended = bool(self._waiters)  # others still wait after this grant
+        lease = Lease(lease_id, self.spec.name, slot.resource, holder, now, expires_at, contended)
         slot.lease = lease
         self._leased[lease_id] = slot
         held = self._by_holder.get(holder)
