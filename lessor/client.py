@@ -2,10 +2,11 @@
 
 One connection per process, shared by all its threads (and its pykka actors).
 Requests carry a correlation id, so replies may come back in any order and a
-waiting Acquire never holds up another thread's Release. One reader thread takes
-every frame: replies go to their waiting callers, pushes (``Drain``,
-``LeaseExpired``) to the client's handlers. If the runtime goes away, pending
-requests fail and the worker is asked to exit (SIGTERM to itself).
+waiting Acquire never holds up another thread's Release. Whichever thread reads
+takes every frame: replies go to their waiting callers, pushes (``Drain``,
+``LeaseExpired``, ``ReturnParked``) to the client's handlers. If the runtime goes
+away, pending requests fail and the worker is asked to exit (SIGTERM to itself).
+``client.pool(name)`` caches leases in the worker (see :class:`RemotePool`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from lessor import errors, wire
 from lessor.actors.pool import EvictIdle
-from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
+from lessor.errors import (
+    AcquireTimeout,
+    ActorStopped,
+    DoubleRelease,
+    LessorError,
+    ProtocolError,
+)
 from lessor.leases import LeaseOps
 from lessor.messages import (
     Acquire,
@@ -174,10 +181,13 @@ class Client:
     def tell(self, target: str, message: Message) -> None:
         self._send(wire.frame(Kind.TELL, 0, target, message))
 
-    def pool(self, name: str, *, cache: bool = False) -> LeaseOps:
-        """A pool of the runtime. With ``cache``, released leases are parked in this
-        process and reused without a round trip until the pool asks for them back
-        (see :class:`RemotePool`); one cached handle per pool name.
+    def pool(self, name: str, *, cache: bool = True) -> LeaseOps:
+        """A pool of the runtime, with the same lease API as in-process.
+
+        By default released leases are parked in this process and reused without a
+        round trip until the pool asks for them back (see :class:`RemotePool`); the
+        process shares one such handle per pool. ``cache=False`` gives a handle whose
+        every Acquire and Release goes to the pool.
 
         For a process-scoped pool this is the worker's own pool (live connections),
         each resource holding a lease on the runtime's global quota.
@@ -275,6 +285,22 @@ class Client:
             self._push(message)
         return True
 
+    def read_pushes(self) -> None:
+        """Read whatever has arrived, if no other thread is reading: it costs one poll.
+
+        A worker busy in a loop of cached pairs asks the pool nothing, so nobody would
+        read a ReturnParked until the background reader's next turn.
+        """
+        if self._read_lock.acquire(blocking=False):  # the poll object is the reader's
+            try:
+                while self._poller.poll(0) and self._read_one(self._conn, 0):
+                    pass
+            finally:
+                self._read_lock.release()
+                if self._following:
+                    with self._cv:
+                        self._cv.notify_all()
+
     def _background(self) -> None:
         """Read while nobody is asking: pushes, and the runtime hanging up."""
         idle = self._idle
@@ -326,8 +352,6 @@ def _terminate_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-#: A parked lease is not reused this close to its expiry (the pool reclaims at expires_at).
-EXPIRY_MARGIN = 0.05
 #: After the pool asks for parked leases back, releases go to it for this long.
 RETURN_WINDOW = 0.1
 
@@ -335,13 +359,21 @@ RETURN_WINDOW = 0.1
 class RemotePool(LeaseOps):
     """A pool in the runtime, seen from a worker: the same API as an in-process handle.
 
-    With ``cache=True`` (HikariCP's ConcurrentBag, across processes) a released lease
-    is parked here instead of going back, and the next Acquire in this process
-    reuses it without a round trip. The pool still counts it as leased by this
-    worker. When someone else waits and nothing is free, the pool pushes
-    ReturnParked: parked leases go back at once and, for a short window, releases
-    are real. Drain, LeaseExpired and closing give them back too. A lease with a
-    ttl is never parked past its expiry, and a broken one never at all.
+    With ``cache=True`` (the default of ``client.pool``) this is lock caching with
+    recall, as distributed lock managers and HikariCP's ConcurrentBag do it: a
+    released lease is parked in this process and the next ``acquire`` here reuses it
+    without a round trip. The pool still counts it as leased by this worker. When
+    someone else waits and nothing is free, the pool pushes ReturnParked: parked
+    leases go back at once, leases out at that moment go back when released, and for
+    a short window every release is real.
+
+    A release goes straight back to the pool when the lease is broken, has an expiry
+    (a parked lease would hand its next user less time than the pool's ttl), was
+    granted while others waited (``lease.contended``), another thread of this process
+    is waiting on the pool, or the worker is draining.
+    Each local reuse is a new Lease (its ``granted_at`` is when it was reused), so a
+    stale lease released twice is refused with DoubleRelease rather than freeing a
+    lease someone else now holds.
     """
 
     def __init__(self, client: Client, name: str, cache: bool = False) -> None:
@@ -349,6 +381,9 @@ class RemotePool(LeaseOps):
         self.name = name
         self.cache = cache
         self._bag: list[Lease] = []
+        self._out: dict[str, Lease] = {}  # handed out by this handle and not released
+        self._wanted: set[str] = set()  # out when the pool asked for leases back
+        self._asking = 0  # threads of this process waiting on the pool for a lease
         self._lock = threading.Lock()
         self._return_until = 0.0
         if cache:
@@ -365,27 +400,58 @@ class RemotePool(LeaseOps):
     def acquire(
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
     ) -> Lease:
-        if self._bag and ttl is None:
+        if not self.cache:
+            return super().acquire(timeout, priority, ttl)
+        with self._lock:
+            if self._bag and ttl is None:
+                parked = self._bag.pop()  # most recently used first
+                lease = Lease(parked.id, parked.pool, parked.resource, parked.holder,
+                              time.monotonic(), None)  # fmt: skip
+                self._out[lease.id] = lease
+                return lease
+            self._asking += 1  # while a thread here waits on the pool, nothing is parked
+        try:
+            lease = super().acquire(timeout, priority, ttl)
+        except BaseException:
             with self._lock:
-                now = time.monotonic()
-                while self._bag:
-                    lease = self._bag.pop()  # most recently used first
-                    if lease.expires_at is None or now < lease.expires_at - EXPIRY_MARGIN:
-                        return lease
-                    # about to expire: the pool reclaims it on its own
-        return super().acquire(timeout, priority, ttl)
+                self._asking -= 1
+            raise
+        with self._lock:
+            self._asking -= 1
+            self._out[lease.id] = lease
+        return lease
 
     def release(self, lease: Lease, broken: bool = False) -> None:
-        if (
-            self.cache
-            and not broken
-            and not self.client.draining.is_set()
-            and time.monotonic() >= self._return_until
-        ):
+        if self.cache:
+            self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
             with self._lock:
-                self._bag.append(lease)
-            return
+                if self._out.get(lease.id) == lease:
+                    del self._out[lease.id]
+                    wanted = lease.id in self._wanted
+                    self._wanted.discard(lease.id)
+                    if not (
+                        broken
+                        or wanted
+                        or self._asking
+                        or lease.contended
+                        or lease.expires_at is not None
+                        or self.client.draining.is_set()
+                        or time.monotonic() < self._return_until
+                    ):
+                        self._bag.append(lease)
+                        return
+                elif any(parked.id == lease.id for parked in self._bag) or lease.id in self._out:
+                    raise DoubleRelease(f"lease {lease.id} was already released")
+                # else: not from this handle; the pool judges it (and logs a refusal)
         super().release(lease, broken)
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        renewed = super().renew(lease, ttl)
+        if self.cache:
+            with self._lock:
+                if self._out.get(lease.id) == lease:
+                    self._out[lease.id] = renewed
+        return renewed
 
     def flush(self) -> None:
         """Give every parked lease back to the pool."""
@@ -400,13 +466,16 @@ class RemotePool(LeaseOps):
 
     def _on_push(self, message: Message) -> None:
         if isinstance(message, ReturnParked) and message.pool == self.name:
-            self._return_until = time.monotonic() + RETURN_WINDOW
+            with self._lock:
+                self._return_until = time.monotonic() + RETURN_WINDOW
+                self._wanted.update(self._out)
             self.flush()
         elif isinstance(message, Drain):
             self.flush()
         elif isinstance(message, LeaseExpired) and message.pool == self.name:
             with self._lock:
-                self._bag = [lease for lease in self._bag if lease.id != message.lease_id]
+                self._out.pop(message.lease_id, None)
+                self._wanted.discard(message.lease_id)
 
 
 _client: Client | None = None

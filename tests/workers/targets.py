@@ -8,12 +8,16 @@ import time
 from typing import Any
 
 import lessor
+from lessor import DoubleRelease
 
 
-def pairs(pool: str, n: int, log_dir: str) -> None:
-    """Do n Acquire/Release pairs, appending each hold interval to a per-worker file."""
+def pairs(pool: str, n: int, log_dir: str, cache: bool = False) -> None:
+    """Do n Acquire/Release pairs, appending each hold interval to a per-worker file.
+
+    Uncached unless asked: every pair is a round trip to the pool.
+    """
     client = lessor.connect()
-    slots = client.pool(pool)
+    slots = client.pool(pool, cache=cache)
     path = os.path.join(log_dir, f"{os.getpid()}.log")
     with open(path, "a") as log:
         for _ in range(n):
@@ -76,12 +80,15 @@ def ask_remote(pool: str, out_dir: str) -> None:
         out.write(outcome)
 
 
-def threads_share_one_client(pool: str, out_dir: str) -> None:
-    """A waiting Acquire must not hold up another thread's Release; 8 threads share one link."""
+def threads_share_one_client(pool: str, out_dir: str, cache: bool = False) -> None:
+    """A waiting Acquire must not hold up another thread's Release; 8 threads share one link.
+
+    With ``cache``, the Release must go to the pool too: a thread of this process waits.
+    """
     import threading
 
     client = lessor.connect()
-    slots = client.pool(pool)
+    slots = client.pool(pool, cache=cache)
     first = slots.acquire(timeout=10)  # max_size=1: the next Acquire has to wait
     got: list[lessor.Lease] = []
     waiter = threading.Thread(target=lambda: got.append(slots.acquire(timeout=10)))
@@ -157,3 +164,27 @@ def pg_warm_then_idle(pool: str, count: int, ready_dir: str) -> None:
         out.write("idle")
     while True:
         time.sleep(3600)
+
+
+def lease_misuse(pool: str, out_dir: str) -> None:
+    """Release twice through a caching handle: parked, then reused by another borrow."""
+    slots = lessor.connect().pool(pool)
+    outcomes = []
+    first = slots.acquire(timeout=30)
+    slots.release(first)  # parked here
+    try:
+        slots.release(first)  # again: the pool never saw the first
+    except DoubleRelease:
+        outcomes.append("double")
+    again = slots.acquire(timeout=30)  # the parked lease, reused: a new borrow
+    outcomes.append("reused" if again.id == first.id and again != first else "fresh")
+    try:
+        slots.release(first)  # the stale first borrow must not free the second one
+    except DoubleRelease:
+        outcomes.append("stale")
+    slots.release(again)
+    timed = slots.acquire(timeout=30, ttl=60)  # has an expiry: never parked
+    slots.release(timed)
+    outcomes.append(f"parked={slots.parked}")  # type: ignore[attr-defined]
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(" ".join(outcomes))
