@@ -302,3 +302,22 @@ def test_a_caching_handle_refuses_double_and_stale_releases(
     stats = pool.stats()
     # One pool grant reused locally (parked, never returned till exit), one with a ttl.
     assert (stats.acquired, stats.released, stats.leased, stats.reclaimed) == (2, 2, 0, 0)
+
+
+def test_a_lease_parked_in_an_idle_worker_comes_back_to_a_waiter_in_the_runtime(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    pool = runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
+    runtime.spawn_workers(
+        targets.park_one_and_idle, 1, args=("one", str(tmp_path)), restart="transient"
+    )
+    (ready,) = files(tmp_path, 1)
+    assert wait_until(lambda: ready.read_text() == "1", timeout=30)
+    assert pool.stats().leased == 1  # parked in the worker, leased as far as the pool knows
+    began = time.monotonic()
+    lease = pool.acquire(timeout=5)  # the pool recalls it: ReturnParked
+    waited = time.monotonic() - began
+    assert waited < 1.0, f"recall took {waited:.3f}s"
+    pool.release(lease)
+    stats = pool.stats()
+    assert (stats.acquired, stats.released, stats.leased, stats.reclaimed) == (2, 2, 0, 0)

@@ -188,3 +188,13 @@ def lease_misuse(pool: str, out_dir: str) -> None:
     outcomes.append(f"parked={slots.parked}")  # type: ignore[attr-defined]
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(" ".join(outcomes))
+
+
+def park_one_and_idle(pool: str, ready_dir: str) -> None:
+    """Park one lease in this worker, say so, then send nothing until Drain."""
+    client = lessor.connect()
+    slots = client.pool(pool)
+    slots.release(slots.acquire(timeout=30))
+    with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
+        out.write(str(slots.parked))  # type: ignore[attr-defined]
+    client.draining.wait()
