@@ -216,6 +216,23 @@ def test_starved_only_when_a_waiter_needs_a_release() -> None:
     owner.release(4.0, other)
 
 
+def test_orphans_count_as_used_and_their_holders_are_asked_back() -> None:
+    """A lease a crashed incarnation left (maybe parked in a worker) can be recalled."""
+    orphan = Lease("old/1", "p", "r-old", "worker:w:1", 0.0, None)
+    core = PoolCore(make_spec(max_size=2), epoch="e2", has_check=False, has_reset=False,
+                    reusable=False, rng=random.Random(1), orphans=[orphan])  # fmt: skip
+    owner = Owner(core)
+    mine = owner.lease(0.0, "t1", holder="h1")
+    assert owner.acquire(1.0, "t2", holder="h2") == []  # no room: the orphan uses it
+    assert core.exhausted and core.starved
+    assert set(core.holders()) == {"h1", "worker:w:1"}
+    out = core.release(2.0, orphan.id, orphan.holder)
+    assert of(out, Destroy) and creates(out) == 1  # the orphan's resource goes; t2's comes
+    owner.see(out)
+    assert not core.starved
+    owner.release(3.0, mine)
+
+
 def test_waiters_served_by_priority_then_fifo() -> None:
     core = make_core(max_size=1)
     owner = Owner(core)

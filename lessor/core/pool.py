@@ -211,13 +211,14 @@ class PoolCore:
         return [*self.leases(), *self._orphans.values()]
 
     def holders(self) -> list[str]:
-        """Everyone who holds a lease of this pool now."""
-        return list(self._by_holder)
+        """Everyone who holds a lease of this pool now, orphans of a past incarnation too."""
+        return list(dict.fromkeys([*self._by_holder, *(o.holder for o in self._orphans.values())]))
 
     @property
     def exhausted(self) -> bool:
         """Nothing idle and no room to make more: a new Acquire has to wait for a release."""
-        return not self._idle and len(self._slots) + self._creating >= self.spec.max_size
+        used = len(self._slots) + self._creating + len(self._orphans)
+        return not self._idle and used >= self.spec.max_size
 
     @property
     def starved(self) -> bool:
