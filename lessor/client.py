@@ -26,13 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from lessor import errors, wire
 from lessor.actors.pool import EvictIdle
-from lessor.errors import (
-    AcquireTimeout,
-    ActorStopped,
-    DoubleRelease,
-    LessorError,
-    ProtocolError,
-)
+from lessor.core.cache import LeaseCache
+from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
 from lessor.leases import LeaseOps
 from lessor.messages import (
     Acquire,
@@ -352,10 +347,6 @@ def _terminate_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-#: After the pool asks for parked leases back, releases go to it for this long.
-RETURN_WINDOW = 0.1
-
-
 class RemotePool(LeaseOps):
     """A pool in the runtime, seen from a worker: the same API as an in-process handle.
 
@@ -365,27 +356,17 @@ class RemotePool(LeaseOps):
     without a round trip. The pool still counts it as leased by this worker. When
     someone else waits and nothing is free, the pool pushes ReturnParked: parked
     leases go back at once, leases out at that moment go back when released, and for
-    a short window every release is real.
-
-    A release goes straight back to the pool when the lease is broken, has an expiry
-    (a parked lease would hand its next user less time than the pool's ttl), was
-    granted while others waited (``lease.contended``), another thread of this process
-    is waiting on the pool, or the worker is draining.
-    Each local reuse is a new Lease (its ``granted_at`` is when it was reused), so a
-    stale lease released twice is refused with DoubleRelease rather than freeing a
-    lease someone else now holds.
+    a short window every release is real. Which releases park is
+    :class:`~lessor.core.cache.LeaseCache`'s call; a stale lease released twice
+    raises DoubleRelease rather than free a lease another borrow now holds.
     """
 
     def __init__(self, client: Client, name: str, cache: bool = False) -> None:
         self.client = client
         self.name = name
         self.cache = cache
-        self._bag: list[Lease] = []
-        self._out: dict[str, Lease] = {}  # handed out by this handle and not released
-        self._wanted: set[str] = set()  # out when the pool asked for leases back
-        self._asking = 0  # threads of this process waiting on the pool for a lease
+        self._leases = LeaseCache(time.monotonic)
         self._lock = threading.Lock()
-        self._return_until = 0.0
         if cache:
             client.on_push(self._on_push)
 
@@ -402,80 +383,62 @@ class RemotePool(LeaseOps):
     ) -> Lease:
         if not self.cache:
             return super().acquire(timeout, priority, ttl)
+        leases = self._leases
         with self._lock:
-            if self._bag and ttl is None:
-                parked = self._bag.pop()  # most recently used first
-                lease = Lease(parked.id, parked.pool, parked.resource, parked.holder,
-                              time.monotonic(), None)  # fmt: skip
-                self._out[lease.id] = lease
-                return lease
-            self._asking += 1  # while a thread here waits on the pool, nothing is parked
+            reused = leases.take() if ttl is None else None
+            if reused is not None:
+                return reused
+            leases.asking += 1
         try:
             lease = super().acquire(timeout, priority, ttl)
         except BaseException:
             with self._lock:
-                self._asking -= 1
+                leases.asking -= 1
             raise
         with self._lock:
-            self._asking -= 1
-            self._out[lease.id] = lease
+            leases.asking -= 1
+            leases.lent(lease)
         return lease
 
     def release(self, lease: Lease, broken: bool = False) -> None:
         if self.cache:
             self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
             with self._lock:
-                if self._out.get(lease.id) == lease:
-                    del self._out[lease.id]
-                    wanted = lease.id in self._wanted
-                    self._wanted.discard(lease.id)
-                    if not (
-                        broken
-                        or wanted
-                        or self._asking
-                        or lease.contended
-                        or lease.expires_at is not None
-                        or self.client.draining.is_set()
-                        or time.monotonic() < self._return_until
-                    ):
-                        self._bag.append(lease)
-                        return
-                elif any(parked.id == lease.id for parked in self._bag) or lease.id in self._out:
-                    raise DoubleRelease(f"lease {lease.id} was already released")
-                # else: not from this handle; the pool judges it (and logs a refusal)
+                if self._leases.give_back(lease, broken, self.client.draining.is_set()):
+                    return
         super().release(lease, broken)
 
     def renew(self, lease: Lease, ttl: float) -> Lease:
         renewed = super().renew(lease, ttl)
         if self.cache:
             with self._lock:
-                if self._out.get(lease.id) == lease:
-                    self._out[lease.id] = renewed
+                self._leases.renewed(lease, renewed)
         return renewed
 
     def flush(self) -> None:
         """Give every parked lease back to the pool."""
         with self._lock:
-            parked, self._bag = self._bag, []
-        for lease in parked:
-            super().release(lease)
+            parked = self._leases.empty()
+        self._give(parked)
 
     @property
     def parked(self) -> int:
-        return len(self._bag)
+        return self._leases.parked
+
+    def _give(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            super().release(lease)
 
     def _on_push(self, message: Message) -> None:
         if isinstance(message, ReturnParked) and message.pool == self.name:
             with self._lock:
-                self._return_until = time.monotonic() + RETURN_WINDOW
-                self._wanted.update(self._out)
-            self.flush()
+                parked = self._leases.recall()
+            self._give(parked)
         elif isinstance(message, Drain):
             self.flush()
         elif isinstance(message, LeaseExpired) and message.pool == self.name:
             with self._lock:
-                self._out.pop(message.lease_id, None)
-                self._wanted.discard(message.lease_id)
+                self._leases.forget(message.lease_id)
 
 
 _client: Client | None = None

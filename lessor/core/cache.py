@@ -1,0 +1,102 @@
+"""LeaseCache: which of one pool's leases a worker holds, and whether a release parks.
+
+Pure bookkeeping with an injected clock and no locks (the caller serialises calls),
+so the rule that matters most, never handing one lease to two borrowers, is checked
+by a stateful property test rather than by hoping threads interleave badly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lessor.errors import DoubleRelease
+from lessor.messages import Lease
+
+__all__ = ["RETURN_WINDOW", "LeaseCache"]
+
+#: After the pool asks for parked leases back, releases go to it for this long.
+RETURN_WINDOW = 0.1
+
+
+class LeaseCache:
+    """Leases a worker holds for one pool: *out* (in use) or *parked* (free to reuse).
+
+    A parked lease is still leased as far as the pool knows. A release parks unless
+    the lease must go back (see :meth:`give_back`); the pool recalls parked leases
+    with :meth:`recall`.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._bag: list[Lease] = []
+        self._out: dict[str, Lease] = {}  # handed out and not released
+        self._wanted: set[str] = set()  # out when the pool asked for leases back
+        self._return_until = 0.0
+        #: Borrowers of this process waiting on the pool: while any does, nothing parks.
+        self.asking = 0
+
+    @property
+    def parked(self) -> int:
+        return len(self._bag)
+
+    def take(self) -> Lease | None:
+        """A parked lease as a new borrow (``granted_at`` is now), or None."""
+        if not self._bag:
+            return None
+        parked = self._bag.pop()  # most recently used first
+        lease = Lease(parked.id, parked.pool, parked.resource, parked.holder, self._clock(), None)
+        self._out[lease.id] = lease
+        return lease
+
+    def lent(self, lease: Lease) -> None:
+        """The pool granted ``lease`` to this process."""
+        self._out[lease.id] = lease
+
+    def give_back(self, lease: Lease, broken: bool, draining: bool) -> bool:
+        """Release ``lease``: True if it was parked, False if it must go to the pool.
+
+        It goes to the pool when broken, wanted back, expiring (a parked lease would
+        give its next user less than the pool's ttl), granted while others waited,
+        while a borrower here waits on the pool, while draining, or inside the return
+        window. A lease this cache does not know also goes (the pool judges it); a
+        stale borrow of one it does know raises DoubleRelease.
+        """
+        if self._out.get(lease.id) != lease:
+            if lease.id in self._out or any(p.id == lease.id for p in self._bag):
+                raise DoubleRelease(f"lease {lease.id} was already released")
+            return False
+        del self._out[lease.id]
+        wanted = lease.id in self._wanted
+        self._wanted.discard(lease.id)
+        if (
+            broken
+            or wanted
+            or draining
+            or self.asking
+            or lease.contended
+            or lease.expires_at is not None
+            or self._clock() < self._return_until
+        ):
+            return False
+        self._bag.append(lease)
+        return True
+
+    def renewed(self, old: Lease, new: Lease) -> None:
+        if self._out.get(old.id) == old:
+            self._out[old.id] = new
+
+    def recall(self) -> list[Lease]:
+        """The pool wants leases back: parked ones go now, out ones when released."""
+        self._return_until = self._clock() + RETURN_WINDOW
+        self._wanted.update(self._out)
+        return self.empty()
+
+    def empty(self) -> list[Lease]:
+        """Every parked lease, to give back to the pool."""
+        parked, self._bag = self._bag, []
+        return parked
+
+    def forget(self, lease_id: str) -> None:
+        """The pool took this lease back on its own (it expired)."""
+        self._out.pop(lease_id, None)
+        self._wanted.discard(lease_id)
