@@ -321,3 +321,19 @@ def test_a_lease_parked_in_an_idle_worker_comes_back_to_a_waiter_in_the_runtime(
     pool.release(lease)
     stats = pool.stats()
     assert (stats.acquired, stats.released, stats.leased, stats.reclaimed) == (2, 2, 0, 0)
+
+
+def test_pykka_actors_in_a_worker_borrow_through_its_client(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    pool = runtime.add_pool(PoolSpec("slots", TokenFactory(["a", "b"]), max_size=2))
+    group = runtime.spawn_workers(
+        targets.actors_use_the_client, 1, args=("slots", 200, str(tmp_path)),
+        restart="transient",
+    )  # fmt: skip
+    assert runtime.join(group, timeout=60)
+    (out,) = files(tmp_path, 1)
+    assert set(out.read_text().split()) <= {"a", "b"} and out.read_text()
+    stats = pool.stats()
+    assert (stats.leased, stats.reclaimed) == (0, 0)
+    assert stats.acquired == stats.released >= 1

@@ -198,3 +198,27 @@ def park_one_and_idle(pool: str, ready_dir: str) -> None:
     with open(os.path.join(ready_dir, str(os.getpid())), "w") as out:
         out.write(str(slots.parked))  # type: ignore[attr-defined]
     client.draining.wait()
+
+
+def actors_use_the_client(pool: str, n: int, out_dir: str) -> None:
+    """Two pykka actors in this worker borrow through the process's one client."""
+    import pykka
+
+    class Borrower(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> Any:
+            slots = lessor.connect().pool(pool)
+            resources = set()
+            for _ in range(message):
+                with slots.lease(timeout=30) as slot:
+                    resources.add(slot)
+            return sorted(resources)
+
+    refs = [Borrower.start() for _ in range(2)]
+    try:
+        futures = [ref.ask(n, block=False) for ref in refs]
+        seen = sorted({r for future in futures for r in future.get(timeout=60)})
+    finally:
+        for ref in refs:
+            ref.stop()
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(" ".join(seen))
