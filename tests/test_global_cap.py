@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lessor import PoolSpec, Runtime
+from lessor import PoolSpec, Runtime, TokenFactory
 from lessor.adapters.postgres import PostgresFactory
 from tests import pg
 from tests.conftest import wait_until
@@ -107,3 +107,40 @@ def test_idle_quota_in_one_worker_flows_to_a_worker_that_waits(
         assert server.sessions(app) <= 3
     finally:
         rt.shutdown(timeout=0.5)  # the hoarder never exits by itself
+
+
+def test_worker_pools_recover_when_the_server_restarts(tmp_path: Path) -> None:
+    """Dead connections in a worker's own pool are replaced, and their quota comes back."""
+    own = pg.start()  # a server of its own: this test crashes it
+    if own.server is None:
+        pg.stop(own)
+        pytest.skip("needs the embedded server (LESSOR_PG_DSN is set)")
+    app = "lessor-worker-restart"
+    rt = Runtime(handle_signals=False)
+    try:
+        quota = rt.add_pool(
+            PoolSpec("pg", PostgresFactory(own.dsn, application_name=app, check_idle_after=0),
+                     max_size=2, scope="process", max_total=2,
+                     create_backoff=0.05, create_backoff_max=0.2)
+        )  # fmt: skip
+        gate = rt.add_pool(PoolSpec("gate", TokenFactory(), max_size=1))
+        held = gate.acquire(timeout=10)  # the worker waits here while the server restarts
+        group = rt.spawn_workers(
+            targets.pg_through_restart, 1, args=("pg", "gate", 2, str(tmp_path)),
+            restart="transient",
+        )  # fmt: skip
+        assert wait_until((tmp_path / "warm").exists, timeout=30)
+        assert quota.stats().leased == 2 and own.sessions(app) == 2
+        own.stop_immediately()  # both idle connections in the worker are now dead
+        own.start_again()
+        gate.release(held)
+        assert rt.join(group, timeout=60)
+        assert (tmp_path / "answers").read_text() == "1 1 1 1 1"
+        stats = quota.stats()
+        # The worker closed what it had on exit: every quota lease came back, none lost
+        # to the dead connections (their destroy gave theirs back too).
+        assert stats.leased == 0 and stats.acquired == stats.released >= 3
+        assert stats.reclaimed == 0
+    finally:
+        rt.shutdown(timeout=5)
+        pg.stop(own)

@@ -222,3 +222,23 @@ def actors_use_the_client(pool: str, n: int, out_dir: str) -> None:
             ref.stop()
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(" ".join(seen))
+
+
+def pg_through_restart(pool: str, gate: str, count: int, out_dir: str) -> None:
+    """Warm ``count`` connections, wait at the gate (the server restarts), then query."""
+    client = lessor.connect()
+    db = client.pool(pool)
+    leases = [db.acquire(timeout=60) for _ in range(count)]
+    for lease in leases:
+        db.release(lease)  # idle now: they die with the server
+    with open(os.path.join(out_dir, "warm"), "w") as out:
+        out.write(str(os.getpid()))
+    opened = client.pool(gate, cache=False).acquire(timeout=60)  # the test holds it meanwhile
+    answers = []
+    for _ in range(5):
+        with db.lease(timeout=60) as conn:
+            row = conn.execute("SELECT 1").fetchone()
+            answers.append(str(row[0]) if row else "-")
+    client.pool(gate, cache=False).release(opened)
+    with open(os.path.join(out_dir, "answers"), "w") as out:
+        out.write(" ".join(answers))
