@@ -409,11 +409,13 @@ class RemotePool(LeaseOps):
         super().release(lease, broken)
 
     def renew(self, lease: Lease, ttl: float) -> Lease:
+        if not self.cache:
+            return super().renew(lease, ttl)
+        with self._lock:
+            self._leases.borrow(lease)  # a borrow that ended must not move another's expiry
         renewed = super().renew(lease, ttl)
-        if self.cache:
-            with self._lock:
-                self._leases.renewed(lease, renewed)
-        return renewed
+        with self._lock:
+            return self._leases.renewed(renewed)
 
     def flush(self) -> None:
         """Give every parked lease back to the pool."""

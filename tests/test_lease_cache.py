@@ -7,6 +7,7 @@ lease the pool granted is, at any moment, with exactly one borrower, parked, or 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import settings
@@ -35,6 +36,7 @@ class CachedLeases(RuleBasedStateMachine):
         self.at_pool: set[str] = set()  # granted by the pool, not yet given back to it
         self.held: list[Lease] = []  # with borrowers now
         self.stale: list[Lease] = []  # borrows that ended
+        self.pool_copy: dict[str, Lease] = {}  # each lease as the pool knows it
 
     def _back_to_pool(self, lease: Lease) -> None:
         assert lease.id in self.at_pool, f"{lease.id} given back twice"
@@ -47,6 +49,7 @@ class CachedLeases(RuleBasedStateMachine):
             lease = Lease(f"p/{next(self.ids)}", "p", "r", "worker:w:1", self.clock.now,
                           self.clock.now + 10 if ttl else None, contended)  # fmt: skip
             self.at_pool.add(lease.id)
+            self.pool_copy[lease.id] = lease
             self.cache.lent(lease)
         self.held.append(lease)
 
@@ -74,6 +77,38 @@ class CachedLeases(RuleBasedStateMachine):
         else:  # back at the pool already: the pool refuses it there
             assert not self.cache.give_back(lease, False, False)
             assert lease.id not in self.at_pool
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), keep_old=st.booleans())
+    def renew(self, data: st.DataObject, keep_old: bool) -> None:
+        """The pool moves a held lease's expiry; the borrower may keep its older copy."""
+        index = data.draw(st.integers(0, len(self.held) - 1))
+        lease = self.held[index]
+        assert self.cache.borrow(lease) is not None
+        renewed = replace(self.pool_copy[lease.id], expires_at=self.clock.now + 5)
+        self.pool_copy[lease.id] = renewed
+        borrow = self.cache.renewed(renewed)
+        assert (borrow.id, borrow.granted_at) == (lease.id, lease.granted_at)
+        assert borrow.expires_at == renewed.expires_at
+        if not keep_old:
+            self.held[index] = borrow
+
+    @precondition(lambda self: self.stale)
+    @rule(data=st.data())
+    def renew_a_stale_borrow(self, data: st.DataObject) -> None:
+        lease = data.draw(st.sampled_from(self.stale))
+        in_use = any(h.id == lease.id for h in self.held)
+        parked = any(p.id == lease.id for p in self.cache._bag)
+        if in_use or parked:  # it would move the expiry of a lease another borrow has
+            with pytest.raises(DoubleRelease):
+                self.cache.borrow(lease)
+        else:
+            assert self.cache.borrow(lease) is None  # the pool answers it
+
+    @invariant()
+    def a_renewed_lease_never_parks(self) -> None:
+        renewed = {i for i, lease in self.pool_copy.items() if lease.expires_at is not None}
+        assert renewed.isdisjoint(p.id for p in self.cache._bag)
 
     @rule()
     def recall(self) -> None:
@@ -151,3 +186,32 @@ def test_nothing_parks_while_a_borrower_here_waits_on_the_pool() -> None:
     cache.lent(lease)
     cache.asking += 1  # another thread's Acquire is on its way to the pool
     assert not cache.give_back(lease, broken=False, draining=False)
+
+
+def test_a_renewed_lease_never_parks_even_if_released_by_its_older_copy() -> None:
+    """Parked past an expiry the pool knows of, a lease would be reclaimed under a user."""
+    clock = Clock()
+    cache = LeaseCache(clock)
+    lease = Lease("p/1", "p", "r", "w", 0.0, None)
+    cache.lent(lease)
+    clock.now = 2.0
+    pool_copy = replace(lease, granted_at=-1.0, expires_at=7.0)  # the pool's own copy
+    borrow = cache.renewed(pool_copy)
+    assert (borrow.granted_at, borrow.expires_at) == (0.0, 7.0)  # the borrower's, renewed
+    assert not cache.give_back(lease, broken=False, draining=False)  # the old copy: goes back
+    assert cache.parked == 0
+
+
+def test_renewing_a_borrow_that_ended_is_refused() -> None:
+    clock = Clock()
+    cache = LeaseCache(clock)
+    first = Lease("p/1", "p", "r", "w", 0.0, None)
+    cache.lent(first)
+    assert cache.give_back(first, broken=False, draining=False)
+    with pytest.raises(DoubleRelease):
+        cache.borrow(first)  # parked: renewing it would move nobody's expiry
+    clock.now = 1.0
+    again = cache.take()
+    assert again is not None and cache.borrow(again) == again
+    with pytest.raises(DoubleRelease):
+        cache.borrow(first)  # lent again: it would move the new borrower's expiry

@@ -40,11 +40,16 @@ class LeaseCache:
         return len(self._bag)
 
     def take(self) -> Lease | None:
-        """A parked lease as a new borrow (``granted_at`` is now), or None."""
+        """A parked lease as a new borrow, or None.
+
+        A borrow is told apart from earlier ones of the same lease by its
+        ``granted_at``: the reuse time, strictly later than any before it.
+        """
         if not self._bag:
             return None
         parked = self._bag.pop()  # most recently used first
-        lease = Lease(parked.id, parked.pool, parked.resource, parked.holder, self._clock(), None)
+        now = max(self._clock(), parked.granted_at + 1e-6)
+        lease = Lease(parked.id, parked.pool, parked.resource, parked.holder, now, None)
         self._out[lease.id] = lease
         return lease
 
@@ -61,10 +66,10 @@ class LeaseCache:
         window. A lease this cache does not know also goes (the pool judges it); a
         stale borrow of one it does know raises DoubleRelease.
         """
-        if self._out.get(lease.id) != lease:
-            if lease.id in self._out or any(p.id == lease.id for p in self._bag):
-                raise DoubleRelease(f"lease {lease.id} was already released")
+        current = self.borrow(lease)
+        if current is None:
             return False
+        lease = current  # as renewed: its expiry decides, not the caller's older copy
         del self._out[lease.id]
         wanted = lease.id in self._wanted
         self._wanted.discard(lease.id)
@@ -81,9 +86,31 @@ class LeaseCache:
         self._bag.append(lease)
         return True
 
-    def renewed(self, old: Lease, new: Lease) -> None:
-        if self._out.get(old.id) == old:
-            self._out[old.id] = new
+    def borrow(self, lease: Lease) -> Lease | None:
+        """The live borrow ``lease`` names (as last renewed), or None if not from here.
+
+        Raises DoubleRelease for a borrow that ended: its lease is parked, or lent
+        again (a later ``granted_at``).
+        """
+        current = self._out.get(lease.id)
+        if current is not None and current.granted_at == lease.granted_at:
+            return current
+        if current is not None or any(p.id == lease.id for p in self._bag):
+            raise DoubleRelease(f"lease {lease.id} was already released")
+        return None
+
+    def renewed(self, lease: Lease) -> Lease:
+        """The pool renewed a lease lent here: the borrow, with its new expiry.
+
+        The pool's copy carries the pool's grant time; the borrower's stays its own.
+        """
+        current = self._out.get(lease.id)
+        if current is None:
+            return lease
+        borrow = Lease(current.id, current.pool, current.resource, current.holder,
+                       current.granted_at, lease.expires_at, current.contended)  # fmt: skip
+        self._out[lease.id] = borrow
+        return borrow
 
     def recall(self) -> list[Lease]:
         """The pool wants leases back: parked ones go now, out ones when released."""

@@ -182,7 +182,13 @@ def lease_misuse(pool: str, out_dir: str) -> None:
         slots.release(first)  # the stale first borrow must not free the second one
     except DoubleRelease:
         outcomes.append("stale")
-    slots.release(again)
+    try:
+        slots.renew(first, ttl=60)  # nor move the second one's expiry
+    except DoubleRelease:
+        outcomes.append("stale-renew")
+    renewed = slots.renew(again, ttl=60)
+    outcomes.append("renewed" if renewed.granted_at == again.granted_at else "other")
+    slots.release(again)  # the copy from before the renewal: accepted, and not parked
     timed = slots.acquire(timeout=30, ttl=60)  # has an expiry: never parked
     slots.release(timed)
     outcomes.append(f"parked={slots.parked}")  # type: ignore[attr-defined]
