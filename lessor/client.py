@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from lessor import errors, wire
+from lessor import holder as holders
 from lessor.actors.pool import EvictIdle
 from lessor.core.cache import LeaseCache
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
@@ -37,6 +38,7 @@ from lessor.messages import (
     Lease,
     LeaseExpired,
     Message,
+    Release,
     ReturnParked,
 )
 from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
@@ -163,6 +165,10 @@ class Client:
         self.local_specs: dict[str, PoolSpec] = {}
         self._local: dict[str, PoolHandle] = {}
         self.on_lost: Callable[[], None] = _terminate_self
+        # Leases lent to this process's threads, so a thread that dies gives its back.
+        self._borrowed: dict[str, dict[str, RemotePool]] = {}  # thread holder -> leases
+        self._borrower: dict[str, str] = {}  # lease id -> thread holder
+        holders.subscribe(self._thread_gone)
         self._reader = threading.Thread(target=self._background, name="lessor-client",
                                         daemon=True)  # fmt: skip
         self._reader.start()
@@ -263,6 +269,7 @@ class Client:
         self._handlers.append(handler)
 
     def close(self) -> None:
+        holders.unsubscribe(self._thread_gone)
         for local in list(self._local.values()):
             with contextlib.suppress(Exception):
                 local.stop(timeout=10)  # closes its resources, giving their quota back
@@ -276,6 +283,37 @@ class Client:
             self._idle.notify_all()
         if threading.current_thread() is not self._reader:
             self._reader.join(5)
+
+    # -- leases of this process's threads ------------------------------------------------
+
+    def _lent(self, pool: RemotePool, lease_id: str) -> None:
+        holder = holders.current_holder()
+        with self._cv:
+            self._borrower[lease_id] = holder
+            self._borrowed.setdefault(holder, {})[lease_id] = pool
+
+    def _returned(self, lease_id: str) -> None:
+        with self._cv:
+            holder = self._borrower.pop(lease_id, None)
+            held = None if holder is None else self._borrowed.get(holder)
+            if holder is not None and held is not None:
+                held.pop(lease_id, None)
+                if not held:
+                    del self._borrowed[holder]
+
+    def _thread_gone(self, holder: str) -> None:
+        """A thread of this process ended holding leases: they go back to their pools.
+
+        In-process pools reclaim a dead thread's leases on their own; across processes
+        the runtime only sees the worker, so the worker gives them back for it.
+        """
+        with self._cv:
+            held = self._borrowed.pop(holder, None)
+            for lease_id in held or ():
+                self._borrower.pop(lease_id, None)
+        for lease_id, pool in (held or {}).items():
+            with contextlib.suppress(LessorError):
+                pool.give_back_for_dead_thread(lease_id)
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -443,11 +481,14 @@ class RemotePool(LeaseOps):
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
     ) -> Lease:
         if not self.cache:
-            return super().acquire(timeout, priority, ttl)
+            lease = super().acquire(timeout, priority, ttl)
+            self.client._lent(self, lease.id)
+            return lease
         leases = self._leases
         with self._lock:
             reused = leases.take() if ttl is None else None
             if reused is not None:
+                self.client._lent(self, reused.id)
                 return reused
             leases.asking += 1
         try:
@@ -459,15 +500,27 @@ class RemotePool(LeaseOps):
         with self._lock:
             leases.asking -= 1
             leases.lent(lease)
+        self.client._lent(self, lease.id)
         return lease
 
     def release(self, lease: Lease, broken: bool = False) -> None:
         if self.cache:
             self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
             with self._lock:
-                if self._leases.give_back(lease, broken, self.client.draining.is_set()):
-                    return
+                parked = self._leases.give_back(lease, broken, self.client.draining.is_set())
+            self.client._returned(lease.id)
+            if parked:
+                return
+        else:
+            self.client._returned(lease.id)
         super().release(lease, broken)
+
+    def give_back_for_dead_thread(self, lease_id: str) -> None:
+        """The thread that borrowed this lease ended without releasing it."""
+        if self.cache:
+            with self._lock:
+                self._leases.forget(lease_id)  # never parked: its user vanished mid-use
+        self.tell(Release(lease_id))
 
     def renew(self, lease: Lease, ttl: float) -> Lease:
         if not self.cache:

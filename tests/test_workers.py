@@ -337,3 +337,19 @@ def test_pykka_actors_in_a_worker_borrow_through_its_client(
     stats = pool.stats()
     assert (stats.leased, stats.reclaimed) == (0, 0)
     assert stats.acquired == stats.released >= 1
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
+def test_a_thread_of_a_worker_that_dies_holding_a_lease_gives_it_back(
+    runtime: Runtime, tmp_path: Path, cache: bool
+) -> None:
+    """As in-process: the lease comes back when its thread ends, not when the worker does."""
+    pool = runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
+    group = runtime.spawn_workers(
+        targets.thread_dies_holding, 1, args=("one", cache, str(tmp_path)), restart="transient"
+    )
+    assert runtime.join(group, timeout=60)
+    (out,) = files(tmp_path, 1)
+    assert float(out.read_text()) < 1.0  # not the 10 s acquire timeout
+    stats = pool.stats()
+    assert (stats.leased, stats.reclaimed, stats.timeouts) == (0, 0, 0)

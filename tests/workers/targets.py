@@ -248,3 +248,19 @@ def pg_through_restart(pool: str, gate: str, count: int, out_dir: str) -> None:
     client.pool(gate, cache=False).release(opened)
     with open(os.path.join(out_dir, "answers"), "w") as out:
         out.write(" ".join(answers))
+
+
+def thread_dies_holding(pool: str, cache: bool, out_dir: str) -> None:
+    """A thread of this worker ends holding the only lease; the main thread then asks."""
+    import threading
+
+    slots = lessor.connect().pool(pool, cache=cache)
+    taken = threading.Thread(target=slots.acquire, kwargs={"timeout": 30})
+    taken.start()
+    taken.join()
+    began = time.monotonic()
+    lease = slots.acquire(timeout=10)  # max_size=1: only the dead thread's lease can serve
+    waited = time.monotonic() - began
+    slots.release(lease)
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(f"{waited:.3f}")
