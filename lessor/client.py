@@ -416,6 +416,8 @@ class Client:
                         self._cv.notify_all()
 
     def _push(self, message: Message) -> None:
+        if isinstance(message, LeaseExpired):
+            self._returned(message.lease_id)  # the pool took it back: no thread holds it
         if isinstance(message, Drain):
             self.drain_deadline_s = message.deadline_s
             self.draining.set()
@@ -487,10 +489,11 @@ class RemotePool(LeaseOps):
         leases = self._leases
         with self._lock:
             reused = leases.take() if ttl is None else None
-            if reused is not None:
-                self.client._lent(self, reused.id)
-                return reused
-            leases.asking += 1
+            if reused is None:
+                leases.asking += 1
+        if reused is not None:
+            self.client._lent(self, reused.id)
+            return reused
         try:
             lease = super().acquire(timeout, priority, ttl)
         except BaseException:
