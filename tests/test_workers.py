@@ -353,3 +353,15 @@ def test_a_thread_of_a_worker_that_dies_holding_a_lease_gives_it_back(
     assert float(out.read_text()) < 1.0  # not the 10 s acquire timeout
     stats = pool.stats()
     assert (stats.leased, stats.reclaimed, stats.timeouts) == (0, 0, 0)
+
+
+def test_a_worker_is_told_when_its_lease_expires(runtime: Runtime, tmp_path: Path) -> None:
+    pool = runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
+    group = runtime.spawn_workers(
+        targets.lease_expires_in_worker, 1, args=("one", str(tmp_path)), restart="transient"
+    )
+    assert runtime.join(group, timeout=60)
+    (out,) = files(tmp_path, 1)
+    assert out.read_text() == "True True True"
+    stats = pool.stats()
+    assert (stats.expired, stats.leased) == (1, 0)

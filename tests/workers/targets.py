@@ -264,3 +264,26 @@ def thread_dies_holding(pool: str, cache: bool, out_dir: str) -> None:
     slots.release(lease)
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(f"{waited:.3f}")
+
+
+def lease_expires_in_worker(pool: str, out_dir: str) -> None:
+    """Hold a lease past its ttl: the pool pushes LeaseExpired and takes it back."""
+    import threading
+
+    client = lessor.connect()
+    expired: list[str] = []
+    noticed = threading.Event()
+
+    def on_push(message: Any) -> None:
+        if isinstance(message, lessor.LeaseExpired):
+            expired.append(message.lease_id)
+            noticed.set()
+
+    client.on_push(on_push)
+    slots = client.pool(pool)
+    lease = slots.acquire(timeout=10, ttl=0.2)
+    told = noticed.wait(10)
+    again = slots.acquire(timeout=10)  # max_size=1: served only because it was reclaimed
+    slots.release(again)
+    with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
+        out.write(f"{told} {expired == [lease.id]} {again.id != lease.id}")
