@@ -156,21 +156,24 @@ TestCachedLeases = CachedLeases.TestCase
 TestCachedLeases.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
 
 
-def test_a_recalled_lease_that_was_out_goes_back_when_released() -> None:
+def lent_one() -> tuple[Clock, LeaseCache, Lease]:
+    """A cache at time 0 that has lent one lease without an expiry."""
     clock = Clock()
     cache = LeaseCache(clock)
     lease = Lease("p/1", "p", "r", "w", 0.0, None)
     cache.lent(lease)
+    return clock, cache, lease
+
+
+def test_a_recalled_lease_that_was_out_goes_back_when_released() -> None:
+    clock, cache, lease = lent_one()
     assert cache.recall() == []
     clock.now = 10 * RETURN_WINDOW  # long after the window: still wanted
     assert not cache.give_back(lease, broken=False, draining=False)
 
 
 def test_a_reuse_is_a_new_borrow() -> None:
-    clock = Clock()
-    cache = LeaseCache(clock)
-    first = Lease("p/1", "p", "r", "w", 0.0, None)
-    cache.lent(first)
+    clock, cache, first = lent_one()
     assert cache.give_back(first, broken=False, draining=False)
     clock.now = 1.0
     again = cache.take()
@@ -181,19 +184,14 @@ def test_a_reuse_is_a_new_borrow() -> None:
 
 
 def test_nothing_parks_while_a_borrower_here_waits_on_the_pool() -> None:
-    cache = LeaseCache(Clock())
-    lease = Lease("p/1", "p", "r", "w", 0.0, None)
-    cache.lent(lease)
+    _, cache, lease = lent_one()
     cache.asking += 1  # another thread's Acquire is on its way to the pool
     assert not cache.give_back(lease, broken=False, draining=False)
 
 
 def test_a_renewed_lease_never_parks_even_if_released_by_its_older_copy() -> None:
     """Parked past an expiry the pool knows of, a lease would be reclaimed under a user."""
-    clock = Clock()
-    cache = LeaseCache(clock)
-    lease = Lease("p/1", "p", "r", "w", 0.0, None)
-    cache.lent(lease)
+    clock, cache, lease = lent_one()
     clock.now = 2.0
     pool_copy = replace(lease, granted_at=-1.0, expires_at=7.0)  # the pool's own copy
     borrow = cache.renewed(pool_copy)
@@ -203,10 +201,7 @@ def test_a_renewed_lease_never_parks_even_if_released_by_its_older_copy() -> Non
 
 
 def test_renewing_a_borrow_that_ended_is_refused() -> None:
-    clock = Clock()
-    cache = LeaseCache(clock)
-    first = Lease("p/1", "p", "r", "w", 0.0, None)
-    cache.lent(first)
+    clock, cache, first = lent_one()
     assert cache.give_back(first, broken=False, draining=False)
     with pytest.raises(DoubleRelease):
         cache.borrow(first)  # parked: renewing it would move nobody's expiry

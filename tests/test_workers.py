@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -40,6 +41,14 @@ def runtime() -> Iterator[Runtime]:
 def files(directory: Path, count: int, timeout: float = 30) -> list[Path]:
     assert wait_until(lambda: len(list(directory.iterdir())) >= count, timeout=timeout)
     return sorted(directory.iterdir())
+
+
+def one_worker(runtime: Runtime, target: Any, *args: Any, out_dir: Path) -> str:
+    """Run ``target(*args, out_dir)`` in one worker to the end; what it wrote there."""
+    group = runtime.spawn_workers(target, 1, args=(*args, str(out_dir)), restart="transient")
+    assert runtime.join(group, timeout=60)
+    (out,) = files(out_dir, 1)
+    return out.read_text()
 
 
 @pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
@@ -293,12 +302,8 @@ def test_a_caching_handle_refuses_double_and_stale_releases(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     pool = runtime.add_pool(PoolSpec("slots", TokenFactory(), max_size=2))
-    group = runtime.spawn_workers(
-        targets.lease_misuse, 1, args=("slots", str(tmp_path)), restart="transient"
-    )
-    assert runtime.join(group, timeout=60)
-    (out,) = files(tmp_path, 1)
-    assert out.read_text() == "double reused stale stale-renew renewed parked=0"
+    outcome = one_worker(runtime, targets.lease_misuse, "slots", out_dir=tmp_path)
+    assert outcome == "double reused stale stale-renew renewed parked=0"
     stats = pool.stats()
     # One pool grant reused locally then renewed (so given back), one with a ttl.
     assert (stats.acquired, stats.released, stats.leased, stats.reclaimed) == (2, 2, 0, 0)
@@ -327,13 +332,8 @@ def test_pykka_actors_in_a_worker_borrow_through_its_client(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     pool = runtime.add_pool(PoolSpec("slots", TokenFactory(["a", "b"]), max_size=2))
-    group = runtime.spawn_workers(
-        targets.actors_use_the_client, 1, args=("slots", 200, str(tmp_path)),
-        restart="transient",
-    )  # fmt: skip
-    assert runtime.join(group, timeout=60)
-    (out,) = files(tmp_path, 1)
-    assert set(out.read_text().split()) <= {"a", "b"} and out.read_text()
+    seen = one_worker(runtime, targets.actors_use_the_client, "slots", 200, out_dir=tmp_path)
+    assert seen and set(seen.split()) <= {"a", "b"}
     stats = pool.stats()
     assert (stats.leased, stats.reclaimed) == (0, 0)
     assert stats.acquired == stats.released >= 1
@@ -345,23 +345,15 @@ def test_a_thread_of_a_worker_that_dies_holding_a_lease_gives_it_back(
 ) -> None:
     """As in-process: the lease comes back when its thread ends, not when the worker does."""
     pool = runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
-    group = runtime.spawn_workers(
-        targets.thread_dies_holding, 1, args=("one", cache, str(tmp_path)), restart="transient"
-    )
-    assert runtime.join(group, timeout=60)
-    (out,) = files(tmp_path, 1)
-    assert float(out.read_text()) < 1.0  # not the 10 s acquire timeout
+    waited = one_worker(runtime, targets.thread_dies_holding, "one", cache, out_dir=tmp_path)
+    assert float(waited) < 1.0  # not the 10 s acquire timeout
     stats = pool.stats()
     assert (stats.leased, stats.reclaimed, stats.timeouts) == (0, 0, 0)
 
 
 def test_a_worker_is_told_when_its_lease_expires(runtime: Runtime, tmp_path: Path) -> None:
     pool = runtime.add_pool(PoolSpec("one", TokenFactory(), max_size=1))
-    group = runtime.spawn_workers(
-        targets.lease_expires_in_worker, 1, args=("one", str(tmp_path)), restart="transient"
-    )
-    assert runtime.join(group, timeout=60)
-    (out,) = files(tmp_path, 1)
-    assert out.read_text() == "True True True"
+    told = one_worker(runtime, targets.lease_expires_in_worker, "one", out_dir=tmp_path)
+    assert told == "True True True"
     stats = pool.stats()
     assert (stats.expired, stats.leased) == (1, 0)
