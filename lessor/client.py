@@ -7,6 +7,11 @@ takes every frame: replies go to their waiting callers, pushes (``Drain``,
 ``LeaseExpired``, ``ReturnParked``) to the client's handlers. If the runtime goes
 away, pending requests fail and the worker is asked to exit (SIGTERM to itself).
 ``client.pool(name)`` caches leases in the worker (see :class:`RemotePool`).
+
+A request the caller stops waiting for (its timeout, or any exception while it
+waits, KeyboardInterrupt included) is cancelled with a CANCEL frame; an Acquire
+granted meanwhile is given back, by the runtime or, if the grant was already on its
+way, by this client when it arrives. No lease is lost to an abandoned wait.
 """
 
 from __future__ import annotations
@@ -21,41 +26,42 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing import connection as mpc
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import TYPE_CHECKING, Any
 
-from lessor import errors, wire
+from lessor import errors, leases, wire
 from lessor import holder as holders
 from lessor.actors.pool import EvictIdle
-from lessor.core.cache import LeaseCache
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
 from lessor.leases import LeaseOps
 from lessor.messages import (
     Acquire,
+    Describe,
     Drain,
     ErrorReply,
     Hello,
     Lease,
     LeaseExpired,
     Message,
+    PoolInfo,
     Release,
     ReturnParked,
 )
-from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
+from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER, HANDSHAKE_TIMEOUT
+from lessor.remote import RemotePool
 from lessor.specs import PoolSpec
+from lessor.spin import SpinBudget
 from lessor.wire import Kind
 
 if TYPE_CHECKING:
     from lessor.handle import PoolHandle
 
-__all__ = ["Client", "RemotePool", "connect"]
+__all__ = ["Client", "RemotePool", "SpinBudget", "connect", "open_connection"]
 
 log = logging.getLogger("lessor.client")
 
-#: How long past an Acquire's own timeout a worker waits for the runtime's answer.
-ACQUIRE_GRACE = 5.0
-REQUEST_TIMEOUT = 30.0
-DEFAULT_ACQUIRE_TIMEOUT = 30.0
+#: The longest single wait (a poll, a condition) a client makes; longer waits loop.
+MAX_WAIT = 86400.0
 
 
 def _error(reply: ErrorReply) -> LessorError:
@@ -65,62 +71,59 @@ def _error(reply: ErrorReply) -> LessorError:
     return cls(reply.text)
 
 
+def open_connection(
+    address: str, authkey: bytes, worker_id: str, timeout: float = HANDSHAKE_TIMEOUT
+) -> Connection:
+    """Connect to a runtime's node as ``worker_id``, whose key is ``authkey``.
+
+    HELLO first (it names the worker, so the node knows which key to expect), then
+    each side proves it holds that key, then the node answers HELLO or refuses.
+    """
+    conn = mpc.Client(address, family="AF_UNIX")
+    try:
+        timed = wire.Deadline(conn, time.monotonic() + timeout)
+        conn.send_bytes(
+            wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, worker_id, os.getpid()))
+        )
+        answer_challenge(timed, authkey)  # type: ignore[arg-type]
+        deliver_challenge(timed, authkey)  # type: ignore[arg-type]
+        kind, _, _, answer = wire.parse(timed.recv_bytes(wire.MAX_FRAME))
+        if kind != Kind.HELLO:
+            text = answer.text if isinstance(answer, ErrorReply) else "no HELLO"
+            raise ProtocolError(f"runtime refused the connection: {text}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _ms(seconds: float) -> int:
+    """A poll timeout: milliseconds, rounded up, at most MAX_WAIT (poll takes a C int)."""
+    return max(0, int(min(seconds, MAX_WAIT) * 1000) + 1)
+
+
 class _Waiter:
-    """One pending request: answered by whichever thread reads its reply."""
+    """One pending request: answered by whichever thread reads its reply.
 
-    __slots__ = ("done", "error", "value")
+    The reader and an asker that gives up race for ``claim`` (a list pop, atomic
+    under the GIL); the reader stores the answer before it claims, so an asker that
+    loses finds the answer in ``value``/``error``.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("claim", "done", "error", "gives_back", "target", "value")
+
+    def __init__(self, target: str, gives_back: bool) -> None:
+        self.claim = [True]
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.target = target
+        self.gives_back = gives_back  # an Acquire: a Lease nobody takes goes back to the pool
 
 
 #: The background reader waits this long after the last request before it reads, so
 #: that a thread asking in a loop reads its own replies (no thread hand-off).
 IDLE_BEFORE_READING = 0.01
-
-
-class SpinBudget:
-    """How long a thread awaiting a reply polls before it sleeps, adapted as it goes.
-
-    Sleeping in ``poll`` and being woken by the reply costs tens of µs per round trip
-    on a VM; polling for the reply instead halves a round trip. Spinning only pays
-    while replies come quickly and a core is free, so the budget is three times the
-    typical quick reply (a moving average), and spinning stops while most spins miss
-    (a pool that makes callers wait, other busy threads, more workers than cores),
-    but for one probe every ``PROBE_EVERY`` requests to find out whether it pays again.
-    """
-
-    MIN = 10e-6
-    MAX = 200e-6
-    PROBE_EVERY = 64
-
-    __slots__ = ("_misses", "_typical", "_until_probe", "budget")
-
-    def __init__(self) -> None:
-        self.budget = self.MAX
-        self._typical = self.MAX / 3
-        self._misses = 0.0  # moving share of spins that saw no reply
-        self._until_probe = 0
-
-    def observed(self, answered: bool, waited: float) -> None:
-        hit = answered and waited <= self.budget
-        self._misses += ((not hit) - self._misses) * 0.1
-        if hit:
-            self._typical += (waited - self._typical) * 0.2
-        if self._misses > 0.5:
-            self.budget = 0.0
-            self._until_probe = self.PROBE_EVERY
-        else:
-            self.budget = min(self.MAX, max(self.MIN, 3 * self._typical))
-
-    def skipped(self) -> None:
-        """A request went by without spinning: after enough of them, probe once."""
-        if self._until_probe:
-            self._until_probe -= 1
-            if not self._until_probe:
-                self.budget = self.MAX  # a probe that can see a reply if one comes soon
 
 
 class Client:
@@ -135,14 +138,7 @@ class Client:
 
     def __init__(self, address: str, authkey: bytes, worker_id: str) -> None:
         self.worker_id = worker_id
-        self._conn = mpc.Client(address, family="AF_UNIX", authkey=authkey)
-        self._conn.send_bytes(
-            wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, worker_id, os.getpid()))
-        )
-        kind, _, _, answer = wire.parse(self._conn.recv_bytes(wire.MAX_FRAME))
-        if kind != Kind.HELLO:
-            text = answer.text if isinstance(answer, ErrorReply) else "no HELLO"
-            raise ProtocolError(f"runtime refused the connection: {text}")
+        self._conn = open_connection(address, authkey, worker_id)
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._poller = select.poll()  # made once: conn.poll() builds a selector every call
@@ -150,6 +146,9 @@ class Client:
         self._poller.register(self._conn.fileno(), select.POLLIN)
         self._cv = threading.Condition(threading.Lock())
         self._pending: dict[int, _Waiter] = {}
+        self._cancelled: dict[int, _Waiter] = {}  # CANCEL sent: one more frame will come
+        self._acquire_timeouts: dict[str, float] = {}  # pool -> its acquire_timeout
+        self._describe_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._active = 0  # threads inside ask()
         self._following = 0  # of those, waiting for another thread to read their reply
@@ -177,9 +176,12 @@ class Client:
 
     def ask(self, target: str, message: Message, timeout: float | None = None) -> Any:
         if timeout is None:
-            timeout = REQUEST_TIMEOUT
+            timeout = leases.REQUEST_TIMEOUT
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be a number >= 0, got {timeout!r}")
         corr = next(self._ids)
-        waiter = _Waiter()
+        data = wire.frame(Kind.ASK, corr, target, message)  # a bad message fails here, not later
+        waiter = _Waiter(target, isinstance(message, Acquire))
         cv = self._cv
         with cv:
             if self._lost_done:
@@ -187,40 +189,90 @@ class Client:
             self._pending[corr] = waiter
             self._active += 1
         try:
-            self._send(wire.frame(Kind.ASK, corr, target, message))
-            deadline = time.monotonic() + timeout
-            while not waiter.done:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if self._read_lock.acquire(blocking=False):
-                    try:
-                        self._lead(waiter, deadline)
-                    finally:
-                        self._read_lock.release()
-                        if self._following:
-                            with cv:
-                                cv.notify_all()  # a follower may take the lead now
-                else:
-                    with cv:
-                        if not waiter.done:
-                            self._following += 1
-                            cv.wait(min(remaining, 0.05))
-                            self._following -= 1
+            self._send(data)
+            self._wait(waiter, time.monotonic() + timeout)
+        except BaseException:  # interrupted while waiting (KeyboardInterrupt) or gone
+            if not self._abandon(corr, waiter):
+                self._give_back(waiter, waiter.value)  # answered just now: nobody takes it
+            raise
         finally:
             with cv:  # the background reader notices on its own: waking it costs the caller
                 self._active -= 1
                 self._last_active = time.monotonic()
-        if not waiter.done:
-            self._pending.pop(corr, None)
-            with contextlib.suppress(LessorError):
-                self._send(wire.frame(Kind.CANCEL, corr, target, None))
+        if not waiter.done and self._abandon(corr, waiter):
             if isinstance(message, Acquire):
                 raise AcquireTimeout(f"runtime did not answer in {timeout:g}s")
             raise LessorError(f"runtime did not answer in {timeout:g}s")
-        if waiter.error is not None:
+        if waiter.error is not None:  # (answered, possibly at the very last moment)
             raise waiter.error
         return waiter.value
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> None:
+        cv = self._cv
+        while not waiter.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._read_lock.acquire(blocking=False):
+                try:
+                    self._lead(waiter, deadline)
+                finally:
+                    self._read_lock.release()
+                    if self._following:
+                        with cv:
+                            cv.notify_all()  # a follower may take the lead now
+            else:
+                with cv:
+                    if not waiter.done:
+                        self._following += 1
+                        try:
+                            cv.wait(min(remaining, 0.05))
+                        finally:
+                            self._following -= 1
+
+    def _abandon(self, corr: int, waiter: _Waiter) -> bool:
+        """Stop waiting for ``corr``: True if no answer will be used, False if one came."""
+        try:
+            waiter.claim.pop()
+        except IndexError:
+            return False  # the reader took the answer first: it is in waiter.value/error
+        self._cancelled[corr] = waiter  # before the pop: the reader looks here next
+        if self._pending.pop(corr, None) is None:
+            # The reader holds the answer (it will find the claim gone and give back a
+            # grant), or the connection is lost: no CANCEL, no frame to wait for.
+            self._cancelled.pop(corr, None)
+            return True
+        try:
+            self._send(wire.frame(Kind.CANCEL, corr, waiter.target, None))
+        except LessorError:
+            self._cancelled.pop(corr, None)
+        return True
+
+    def _give_back(self, waiter: _Waiter, value: Any) -> None:
+        """A grant for an Acquire whose caller has gone: back to the pool it came from."""
+        if waiter.gives_back and waiter.error is None and isinstance(value, Lease):
+            with contextlib.suppress(LessorError):
+                self.tell(waiter.target, Release(value.id))
+
+    def acquire_timeout(self, pool: str) -> float:
+        """The pool's own ``acquire_timeout``: asked once per pool (Describe), then known."""
+        known = self._acquire_timeouts.get(pool)
+        if known is not None:
+            return known
+        with self._describe_lock:
+            known = self._acquire_timeouts.get(pool)
+            if known is None:
+                try:
+                    info = self.ask(pool, Describe(pool))
+                except ProtocolError:  # a runtime whose pools do not answer Describe
+                    info = None
+                known = (
+                    info.acquire_timeout
+                    if isinstance(info, PoolInfo)
+                    else leases.DEFAULT_ACQUIRE_TIMEOUT
+                )
+                self._acquire_timeouts[pool] = known
+        return known
 
     def tell(self, target: str, message: Message) -> None:
         self._send(wire.frame(Kind.TELL, 0, target, message))
@@ -353,7 +405,7 @@ class Client:
     def _read_one(self, conn: Connection, wait: float) -> bool:
         """Read and dispatch one frame if one comes within ``wait``; False if the link died."""
         try:
-            if not self._poller.poll(max(0, int(wait * 1000) + 1)):
+            if not self._poller.poll(_ms(wait)):
                 return True
             data = conn.recv_bytes(wire.MAX_FRAME)
         except (EOFError, OSError, TypeError):  # TypeError: closed under our feet
@@ -361,23 +413,44 @@ class Client:
             return False
         try:
             kind, corr, _, message = wire.parse(data)
+        except wire.FrameError as exc:  # an answer we cannot read still ends its wait
+            log.warning("client: a malformed frame from the runtime", exc_info=True)
+            if exc.kind in (Kind.REPLY, Kind.ERROR):
+                self._answer(Kind.ERROR, exc.corr, None, exc)
+            return True
         except ProtocolError:
             log.warning("client: a malformed frame from the runtime", exc_info=True)
             return True
         if kind in (Kind.REPLY, Kind.ERROR):
-            waiter = self._pending.pop(corr, None)
-            if waiter is not None:
-                if kind == Kind.ERROR and isinstance(message, ErrorReply):
-                    waiter.error = _error(message)
-                else:
-                    waiter.value = message
-                waiter.done = True
-                if self._following:
-                    with self._cv:
-                        self._cv.notify_all()
+            self._answer(kind, corr, message)
         elif kind == Kind.PUSH and message is not None:
             self._push(message)
         return True
+
+    def _answer(
+        self, kind: Kind, corr: int, message: Message | None, error: LessorError | None = None
+    ) -> None:
+        waiter = self._pending.pop(corr, None)
+        if waiter is None:  # the last frame of a request its caller gave up on
+            gone = self._cancelled.pop(corr, None)
+            if gone is not None and kind == Kind.REPLY:
+                self._give_back(gone, message)
+            return
+        if kind == Kind.ERROR:
+            waiter.error = error or (_error(message) if isinstance(message, ErrorReply)
+                                     else ProtocolError("a malformed error reply"))  # fmt: skip
+        else:
+            waiter.value = message
+        try:
+            waiter.claim.pop()
+        except IndexError:  # its caller gave up at this very moment
+            if kind == Kind.REPLY:
+                self._give_back(waiter, message)
+            return
+        waiter.done = True
+        if self._following:
+            with self._cv:
+                self._cv.notify_all()
 
     def read_pushes(self) -> None:
         """Read whatever has arrived, if no other thread is reading: it costs one poll.
@@ -434,9 +507,12 @@ class Client:
             self._lost_done = True
             gone = ActorStopped("the runtime is gone")
             for waiter in self._pending.values():
-                waiter.error = gone
-                waiter.done = True
+                waiter.error = gone  # (before the claim: an asker that loses it reads this)
+                with contextlib.suppress(IndexError):
+                    waiter.claim.pop()
+                    waiter.done = True
             self._pending.clear()
+            self._cancelled.clear()
             self._cv.notify_all()
             self._idle.notify_all()
         if not self._closing:
@@ -446,118 +522,6 @@ class Client:
 
 def _terminate_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-class RemotePool(LeaseOps):
-    """A pool in the runtime, seen from a worker: the same API as an in-process handle.
-
-    With ``cache=True`` (the default of ``client.pool``) this is lock caching with
-    recall, as distributed lock managers and HikariCP's ConcurrentBag do it: a
-    released lease is parked in this process and the next ``acquire`` here reuses it
-    without a round trip. The pool still counts it as leased by this worker. When
-    someone else waits and nothing is free, the pool pushes ReturnParked: parked
-    leases go back at once, leases out at that moment go back when released, and for
-    a short window every release is real. Which releases park is
-    :class:`~lessor.core.cache.LeaseCache`'s call; a stale lease released twice
-    raises DoubleRelease rather than free a lease another borrow now holds.
-    """
-
-    def __init__(self, client: Client, name: str, cache: bool = False) -> None:
-        self.client = client
-        self.name = name
-        self.cache = cache
-        self._leases = LeaseCache(time.monotonic)
-        self._lock = threading.Lock()
-        if cache:
-            client.on_push(self._on_push)
-
-    def ask(self, message: Message, timeout: float | None = None) -> Any:
-        if timeout is None and isinstance(message, Acquire):
-            timeout = (message.timeout or DEFAULT_ACQUIRE_TIMEOUT) + ACQUIRE_GRACE
-        return self.client.ask(self.name, message, timeout)
-
-    def tell(self, message: Message) -> None:
-        self.client.tell(self.name, message)
-
-    def acquire(
-        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
-    ) -> Lease:
-        if not self.cache:
-            lease = super().acquire(timeout, priority, ttl)
-            self.client._lent(self, lease.id)
-            return lease
-        leases = self._leases
-        with self._lock:
-            reused = leases.take() if ttl is None else None
-            if reused is None:
-                leases.asking += 1
-        if reused is not None:
-            self.client._lent(self, reused.id)
-            return reused
-        try:
-            lease = super().acquire(timeout, priority, ttl)
-        except BaseException:
-            with self._lock:
-                leases.asking -= 1
-            raise
-        with self._lock:
-            leases.asking -= 1
-            leases.lent(lease)
-        self.client._lent(self, lease.id)
-        return lease
-
-    def release(self, lease: Lease, broken: bool = False) -> None:
-        if self.cache:
-            self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
-            with self._lock:
-                parked = self._leases.give_back(lease, broken, self.client.draining.is_set())
-            self.client._returned(lease.id)
-            if parked:
-                return
-        else:
-            self.client._returned(lease.id)
-        super().release(lease, broken)
-
-    def give_back_for_dead_thread(self, lease_id: str) -> None:
-        """The thread that borrowed this lease ended without releasing it."""
-        if self.cache:
-            with self._lock:
-                self._leases.forget(lease_id)  # never parked: its user vanished mid-use
-        self.tell(Release(lease_id))
-
-    def renew(self, lease: Lease, ttl: float) -> Lease:
-        if not self.cache:
-            return super().renew(lease, ttl)
-        with self._lock:
-            self._leases.borrow(lease)  # a borrow that ended must not move another's expiry
-        renewed = super().renew(lease, ttl)
-        with self._lock:
-            return self._leases.renewed(renewed)
-
-    def flush(self) -> None:
-        """Give every parked lease back to the pool."""
-        with self._lock:
-            parked = self._leases.empty()
-        self._give(parked)
-
-    @property
-    def parked(self) -> int:
-        return self._leases.parked
-
-    def _give(self, leases: list[Lease]) -> None:
-        for lease in leases:
-            super().release(lease)
-
-    def _on_push(self, message: Message) -> None:
-        if isinstance(message, ReturnParked) and message.pool == self.name:
-            with self._lock:
-                parked = self._leases.recall()
-            self._give(parked)
-        elif isinstance(message, Drain):
-            self.flush()
-        elif isinstance(message, LeaseExpired) and message.pool == self.name:
-            with self._lock:
-                self._leases.forget(message.lease_id)
 
 
 _client: Client | None = None

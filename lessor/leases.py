@@ -15,7 +15,14 @@ from typing import Any
 from lessor.errors import ExpiredLease
 from lessor.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
 
-__all__ = ["LeaseOps"]
+__all__ = ["ACQUIRE_GRACE", "DEFAULT_ACQUIRE_TIMEOUT", "REQUEST_TIMEOUT", "LeaseOps"]
+
+#: How long past an Acquire's own timeout (or its pool's) the caller waits for the answer.
+ACQUIRE_GRACE = 5.0
+#: How long any other request may take before the pool is deemed unresponsive.
+REQUEST_TIMEOUT = 30.0
+#: A pool's ``acquire_timeout`` when nothing better is known (PoolSpec's default).
+DEFAULT_ACQUIRE_TIMEOUT = 30.0
 
 
 class LeaseOps:

@@ -1,25 +1,35 @@
 """Node: the runtime's end of the worker connections.
 
-A Unix socket in a private 0700 directory, a random authkey per runtime (never
-logged), one reader thread per worker connection. Requests are routed by target
-name to registered targets (pool handles, map jobs); the node knows nothing of
-pools. A malformed frame gets an error reply, an oversized one closes its
+A Unix socket in a private 0700 directory, one reader thread per connection.
+Requests are routed by target name to registered targets (pool handles, map jobs);
+the node knows nothing of pools. A malformed frame gets an error reply (on its own
+correlation id when the envelope was readable), an oversized one closes its
 connection; either way the node keeps serving everyone else. Nothing is unpickled:
 frames are read with ``recv_bytes`` and decoded by the message codec.
+
+The node, not the worker, decides who a connection is. Each worker gets its own
+key, ``HMAC-SHA256(runtime key, worker id)``, in its environment (:meth:`Node.env`),
+so one worker's secret opens no other identity; the holder id carries the pid the
+kernel reports for the socket's peer (``SO_PEERCRED``), which must match the pid the
+supervisor bound (:meth:`Node.bind_pid`); and a second connection under a live
+identity is refused, never swapped in. The handshake has a deadline, and
+``close()`` hangs up every connection, authenticated or not, against one deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
-import queue
 import secrets
-import select
 import shutil
 import socket
+import struct
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import (
@@ -33,10 +43,11 @@ from typing import Any, Protocol
 from lessor import holder as holders
 from lessor import wire
 from lessor.errors import LessorError, NoSuchPool, ProtocolError
-from lessor.messages import ErrorReply, Hello, Lease, Message, Release
+from lessor.messages import ErrorReply, Hello, Message
+from lessor.peer import Peer, WireReply
 from lessor.wire import Kind
 
-__all__ = ["ENV_ADDRESS", "ENV_AUTHKEY", "ENV_WORKER", "Node", "Target"]
+__all__ = ["ENV_ADDRESS", "ENV_AUTHKEY", "ENV_WORKER", "HANDSHAKE_TIMEOUT", "Node", "Target"]
 
 log = logging.getLogger("lessor.node")
 
@@ -44,9 +55,22 @@ ENV_ADDRESS = "LESSOR_ADDRESS"
 ENV_AUTHKEY = "LESSOR_AUTHKEY"
 ENV_WORKER = "LESSOR_WORKER_ID"
 
+#: Seconds a new connection has to say HELLO and pass both challenges.
+HANDSHAKE_TIMEOUT = 5.0
+#: Seconds ``close()`` waits, in all, for the node's threads to end.
+CLOSE_TIMEOUT = 5.0
+
 
 class Target(Protocol):
-    """Something remote requests can be delivered to (a pool handle, a map job)."""
+    """Something remote requests can be delivered to (a pool handle, a map job).
+
+    ``deliver`` may raise LessorError (answered to the worker as an error). On a
+    CANCEL frame for a request not yet answered, the node calls ``cancel(reply,
+    holder)``: the target calls ``reply.cancel()`` and, if that returns False (a
+    grant won the race), gives back ``reply.value``, which the worker will never see
+    (see :class:`~lessor.peer.WireReply`). A target that answers every request inside
+    ``deliver`` (a map job) has nothing to do.
+    """
 
     def deliver(self, message: Message, reply: Any, holder: str) -> None: ...
 
@@ -61,108 +85,15 @@ class NodeStats:
     closed_oversized: int = 0
 
 
-class Peer:
-    """One worker connection. ``send`` is safe from any thread."""
-
-    def __init__(self, conn: Connection, worker_id: str, pid: int) -> None:
-        self.conn = conn
-        self.worker_id = worker_id
-        self.pid = pid
-        self.holder = f"worker:{worker_id}:{pid}"
-        self.pending: dict[int, WireReply] = {}
-        self.closed = False
-        self.dropped_pushes = 0
-        self._lock = threading.Lock()
-        self._writable = select.poll()
-        self._writable.register(conn.fileno(), select.POLLOUT)
-
-    def send(self, data: bytes) -> bool:
-        with self._lock:
-            if self.closed:
-                return False
-            try:
-                self.conn.send_bytes(data)
-            except OSError:
-                self.closed = True
-                return False
-        return True
-
-    def tell(self, message: Message) -> None:
-        """Push a message the worker did not ask for (LeaseExpired, Drain, ReturnParked).
-
-        Pushes are hints, sent from pool threads: to a worker that stopped reading
-        (its socket buffer full) one is dropped rather than block the pool.
-        """
-        if not self._writable.poll(0):
-            self.dropped_pushes += 1
-            log.warning("node: %s is not reading; dropped a %s push", self.holder,
-                        type(message).__name__)  # fmt: skip
-            return
-        self.send(wire.frame(Kind.PUSH, 0, "", message))
-
-    def error(self, corr: int, exc: BaseException) -> None:
-        name = type(exc).__name__ if isinstance(exc, LessorError) else "LessorError"
-        self.send(wire.frame(Kind.ERROR, corr, "", ErrorReply(name, str(exc))))
-
-
-class WireReply:
-    """The reply target of one remote ask: answers travel back as frames.
-
-    A Lease that cannot be delivered (the worker is gone, or the resource is not
-    msgpack-safe) is released on the spot so that it is never lost.
-    """
-
-    __slots__ = ("_value", "corr", "done", "peer", "target")
-
-    def __init__(self, peer: Peer, corr: int, target: Target) -> None:
-        self.peer = peer
-        self.corr = corr
-        self.target = target
-        self.done = False
-        self._value: Any = None
-
-    def set(self, value: Any = None) -> None:
-        if self.done:
-            raise queue.Full
-        self.done = True
-        self._value = value
-        self.peer.pending.pop(self.corr, None)
-        try:
-            data = wire.frame(
-                Kind.REPLY, self.corr, "", value if isinstance(value, Message) else None
-            )
-        except ProtocolError as exc:
-            self._give_back(value)
-            self.peer.error(self.corr, exc)
-            return
-        if not self.peer.send(data):
-            self._give_back(value)
-
-    def set_exception(self, exc_info: Any = None) -> None:
-        if self.done:
-            raise queue.Full
-        self.done = True
-        self.peer.pending.pop(self.corr, None)
-        self.peer.error(self.corr, exc_info[1])
-
-    def get(self, timeout: float | None = None) -> Any:
-        """What was answered (for a cancel that raced a grant)."""
-        if not self.done:
-            raise TimeoutError
-        return self._value
-
-    def _give_back(self, value: Any) -> None:
-        if isinstance(value, Lease):
-            with contextlib.suppress(LessorError):
-                self.target.deliver(Release(value.id), None, self.peer.holder)
-
-
 class Node:
     """Accepts worker connections and routes their requests to registered targets."""
 
-    def __init__(self, max_frame: int = wire.MAX_FRAME) -> None:
-        self.authkey = secrets.token_bytes(32)
+    def __init__(
+        self, max_frame: int = wire.MAX_FRAME, handshake_timeout: float = HANDSHAKE_TIMEOUT
+    ) -> None:
+        self.authkey = secrets.token_bytes(32)  # never leaves this process: workers get HMACs
         self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
         self.stats = NodeStats()
         self._dir = tempfile.mkdtemp(prefix="lessor-")
         os.chmod(self._dir, 0o700)
@@ -170,6 +101,9 @@ class Node:
         self._listener = Listener(self.address, family="AF_UNIX", backlog=64)
         self._targets: dict[str, Target] = {}
         self._peers: dict[str, Peer] = {}
+        self._known: set[str] = set()  # worker ids env() was asked for
+        self._pids: dict[str, int] = {}  # worker id -> the pid its supervisor started
+        self._conns: set[Connection] = set()  # every open connection, authenticated or not
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -187,8 +121,28 @@ class Node:
             self._targets.pop(name, None)
 
     def env(self, worker_id: str) -> dict[str, str]:
-        """What a worker needs to connect; it travels in the worker's environment."""
-        return {ENV_ADDRESS: self.address, ENV_AUTHKEY: self.authkey.hex(), ENV_WORKER: worker_id}
+        """What a worker needs to connect; it travels in the worker's environment.
+
+        The key is this worker's own: it proves this id, and no other.
+        """
+        with self._lock:
+            self._known.add(worker_id)
+        key = self._key(worker_id).hex()
+        return {ENV_ADDRESS: self.address, ENV_AUTHKEY: key, ENV_WORKER: worker_id}
+
+    def bind_pid(self, worker_id: str, pid: int) -> None:
+        """The process that is ``worker_id`` (call right after starting it).
+
+        From now on only a socket whose peer is that pid may connect as it; a
+        connection made before the call by another process is hung up.
+        """
+        with self._lock:
+            self._pids[worker_id] = pid
+            peer = self._peers.get(worker_id)
+            if peer is not None and peer.pid != pid:
+                log.warning("node: %s is not worker %s's process; hanging up", peer.holder,
+                            worker_id)  # fmt: skip
+                wire.shut(peer.conn)
 
     def push(self, worker_id: str, message: Message) -> bool:
         peer = self._peers.get(worker_id)
@@ -204,31 +158,41 @@ class Node:
             peer.tell(message)
 
     def disconnect(self, worker_id: str) -> None:
-        """Drop a worker's connection (its process died): its holder is gone at once."""
-        peer = self._peers.get(worker_id)
-        if peer is not None:
-            wire.hang_up(peer.conn)
+        """Drop a worker's connection (its process died): its holder is gone at once.
+
+        The id is retired: nothing can connect as it again.
+        """
+        with self._lock:
+            self._known.discard(worker_id)
+            self._pids.pop(worker_id, None)
+            peer = self._peers.get(worker_id)
+            if peer is not None:
+                wire.shut(peer.conn)  # its reader wakes, closes it and reports the holder gone
 
     def close(self) -> None:
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            peers = list(self._peers.values())
-            threads = list(self._threads)
+            self._closed = True  # from here no connection is added
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as knock:
             knock.connect(self.address)  # wakes accept(), which then sees _closed
-        self._accepting.join(5)
+        self._accepting.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
             self._listener.close()
-        for peer in peers:
-            wire.hang_up(peer.conn)
-        for thread in [self._accepting, *threads]:
+        with self._lock:  # a connection leaves _conns before its reader closes it
+            for conn in self._conns:
+                wire.shut(conn)
+            threads = list(self._threads)
+        for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(5)
+                thread.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- connections -------------------------------------------------------------------
+
+    def _key(self, worker_id: str) -> bytes:
+        return hmac.new(self.authkey, worker_id.encode(), hashlib.sha256).digest()
 
     def _accept(self) -> None:
         while True:
@@ -239,15 +203,13 @@ class Node:
                     return
                 log.warning("node: accept failed", exc_info=True)
                 continue
-            if self._closed:
-                conn.close()
-                return
             thread = threading.Thread(target=self._serve, args=(conn,), name="lessor-node-peer",
                                       daemon=True)  # fmt: skip
             with self._lock:
                 if self._closed:
                     conn.close()
                     return
+                self._conns.add(conn)
                 self._threads.add(thread)
             thread.start()
 
@@ -258,44 +220,69 @@ class Node:
             if peer is not None:
                 self._read(peer)
         finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+            with self._lock:
+                self._conns.discard(conn)
+                if peer is not None and self._peers.get(peer.worker_id) is peer:
+                    del self._peers[peer.worker_id]
             if peer is not None:
-                self._drop(peer)
+                peer.close()
+                holders.report_gone(peer.holder)  # pools reclaim its leases, drop its waiters
+            else:
+                with contextlib.suppress(OSError):
+                    conn.close()
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
+    def _refuse(self, conn: Connection, why: str, answer: bool) -> None:
+        self.stats.refused += 1
+        log.warning("node: refused a connection: %s", why)
+        if answer:  # only to a peer that proved its key
+            with contextlib.suppress(OSError, ProtocolError):
+                conn.send_bytes(wire.frame(Kind.ERROR, 0, "", ErrorReply("ProtocolError", why)))
+
     def _handshake(self, conn: Connection) -> Peer | None:
+        timed = wire.Deadline(conn, time.monotonic() + self.handshake_timeout)
         try:
-            deliver_challenge(conn, self.authkey)
-            answer_challenge(conn, self.authkey)
-        except (AuthenticationError, EOFError, OSError) as exc:
-            self.stats.refused += 1
-            log.warning("node: refused a connection: %s", type(exc).__name__)
-            return None
-        try:
-            kind, _, _, hello = wire.parse(conn.recv_bytes(self.max_frame))
+            kind, _, _, hello = wire.parse(timed.recv_bytes(wire.MAX_HELLO))
             if kind != Kind.HELLO or not isinstance(hello, Hello):
                 raise ProtocolError("a connection must open with HELLO")
-            if hello.version != wire.PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"protocol version {hello.version}, this node speaks {wire.PROTOCOL_VERSION}"
-                )
-        except (ProtocolError, EOFError, OSError) as exc:
-            self.stats.refused += 1
-            log.warning("node: bad handshake: %s", exc)
-            with contextlib.suppress(OSError, ProtocolError):
-                conn.send_bytes(
-                    wire.frame(Kind.ERROR, 0, "", ErrorReply("ProtocolError", str(exc)))
-                )
+            with self._lock:
+                known = hello.worker_id in self._known
+            # An unknown id meets a key nobody has: it fails like a wrong key.
+            key = self._key(hello.worker_id) if known else secrets.token_bytes(32)
+            deliver_challenge(timed, key)  # type: ignore[arg-type]
+            answer_challenge(timed, key)  # type: ignore[arg-type]
+            pid, uid = _peer_credentials(conn, hello.pid)
+        except (AuthenticationError, EOFError, OSError, ProtocolError, AssertionError) as exc:
+            self._refuse(conn, f"{type(exc).__name__}: {exc}"[:200], answer=False)
             return None
-        peer = Peer(conn, hello.worker_id, hello.pid)
-        holders.bind_receiver(peer.holder, peer)
         with self._lock:
-            self._peers[peer.worker_id] = peer
-            self.stats.connections += 1
+            why = self._refusal(hello, pid, uid)
+            peer = None if why else Peer(conn, hello.worker_id, pid)
+            if peer is not None:
+                self._peers[peer.worker_id] = peer
+                self.stats.connections += 1
+        if peer is None:
+            self._refuse(conn, why, answer=True)
+            return None
+        holders.bind_receiver(peer.holder, peer)
         peer.send(wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, "", os.getpid())))
         return peer
+
+    def _refusal(self, hello: Hello, pid: int, uid: int) -> str:
+        """Why an authenticated connection may not be ``hello.worker_id`` ("" if it may)."""
+        worker_id = hello.worker_id
+        if hello.version != wire.PROTOCOL_VERSION:
+            return f"protocol version {hello.version}, this node speaks {wire.PROTOCOL_VERSION}"
+        if uid != os.geteuid():
+            return f"worker {worker_id!r} runs as another user"
+        if self._pids.get(worker_id, pid) != pid:
+            return f"worker {worker_id!r} is pid {self._pids[worker_id]}, not {pid}"
+        if worker_id in self._peers:
+            return f"worker {worker_id!r} is already connected"
+        if self._closed:
+            return "the runtime is closing"
+        return ""
 
     def _read(self, peer: Peer) -> None:
         conn = peer.conn
@@ -315,7 +302,7 @@ class Node:
             except ProtocolError as exc:
                 self.stats.bad_frames += 1
                 log.warning("node: bad frame from %s: %s", peer.holder, exc)
-                peer.error(0, exc)
+                peer.error(exc.corr if isinstance(exc, wire.FrameError) else 0, exc)
                 continue
             self._dispatch(peer, kind, corr, name, message)
 
@@ -324,9 +311,7 @@ class Node:
     ) -> None:
         target = self._targets.get(name)
         if kind == Kind.CANCEL:
-            reply = peer.pending.get(corr)
-            if reply is not None and target is not None:
-                target.cancel(reply, peer.holder)
+            self._cancel(peer, corr, target)
             return
         if kind not in (Kind.ASK, Kind.TELL) or message is None:
             self.stats.bad_frames += 1
@@ -343,16 +328,37 @@ class Node:
             target.deliver(message, reply, peer.holder)
         except LessorError as exc:
             if reply is not None:
-                with contextlib.suppress(queue.Full):
-                    reply.set_exception((type(exc), exc, None))
+                reply.set_exception((type(exc), exc, None))
             else:
                 log.warning(
                     "node: %s from %s refused: %s", type(message).__name__, peer.holder, exc
                 )
 
-    def _drop(self, peer: Peer) -> None:
-        peer.closed = True
-        with self._lock:
-            if self._peers.get(peer.worker_id) is peer:
-                del self._peers[peer.worker_id]
-        holders.report_gone(peer.holder)  # pools reclaim its leases and drop its waiters
+    def _cancel(self, peer: Peer, corr: int, target: Target | None) -> None:
+        """The worker gave up on ``corr``: after this, exactly one more frame has its corr.
+
+        If the request was answered already, that answer is it (the worker gives a
+        late Lease back itself). Otherwise the target decides (it may find a grant
+        made meanwhile in ``reply.value`` and give it back), nothing is sent for the
+        request any more, and this acknowledgement is the one frame.
+        """
+        reply = peer.pending.pop(corr, None)
+        if reply is None:
+            return
+        if target is not None:
+            try:
+                target.cancel(reply, peer.holder)
+            except Exception:
+                log.exception("node: cancelling %s's request failed", peer.holder)
+        reply.cancel()  # a target that did not claim it: a later answer is refused
+        peer.send(wire.frame(Kind.ERROR, corr, "", ErrorReply("LessorError", "cancelled")))
+
+
+def _peer_credentials(conn: Connection, claimed_pid: int) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end, as the kernel saw it connect."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # not Linux: trust what the (authenticated) worker said
+        return claimed_pid, os.geteuid()
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))
+    return pid, uid

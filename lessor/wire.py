@@ -5,13 +5,21 @@ matches a reply to its request (replies may come back in any order), ``target``
 names the actor a request is for, and the message travels in its codec form. The
 message part is ``None`` for frames that carry none (a CANCEL). Every frame is one
 ``send_bytes``; nothing is ever pickled.
+
+A connection opens with the worker's HELLO (before any authentication, so it is
+read with a size bound and a deadline: :class:`Deadline`), then both sides prove
+they hold that worker's key (``multiprocessing``'s challenges), then the node
+answers HELLO or ERROR.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
+import struct
+import time
 from enum import IntEnum
 from multiprocessing.connection import Connection
 from typing import Any
@@ -21,11 +29,25 @@ import msgpack
 from lessor.errors import ProtocolError
 from lessor.messages import Message, from_parts, pack, to_parts, unpack
 
-__all__ = ["MAX_FRAME", "PROTOCOL_VERSION", "Kind", "frame", "hang_up", "parse"]
+__all__ = [
+    "MAX_FRAME",
+    "MAX_HELLO",
+    "PROTOCOL_VERSION",
+    "Deadline",
+    "FrameError",
+    "Kind",
+    "frame",
+    "hang_up",
+    "parse",
+    "shut",
+]
 
-PROTOCOL_VERSION = 2  # 2: Lease.contended
+#: 2: Lease.contended. 3: HELLO before the challenge, per-worker keys, Describe/PoolInfo.
+PROTOCOL_VERSION = 3
 #: Larger frames are refused and their connection closed (the stream cannot be resynced).
 MAX_FRAME = 1 << 20
+#: The HELLO frame is read before authentication: it must be small.
+MAX_HELLO = 1024
 
 
 class Kind(IntEnum):
@@ -42,19 +64,73 @@ _KIND_OF = {int(k): k for k in Kind}
 _packb = msgpack.packb
 
 
-def hang_up(conn: Connection) -> None:
-    """Close a connection so that a thread blocked reading it wakes up at once.
+class FrameError(ProtocolError):
+    """A frame whose envelope was read but whose message is bad: answer ``corr`` with it."""
 
-    Closing the descriptor alone does not interrupt a blocked ``recv`` on Linux;
-    shutting the socket down does.
+    def __init__(self, text: str, kind: Kind, corr: int) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.corr = corr
+
+
+def shut(conn: Connection) -> None:
+    """Wake every thread blocked reading or writing ``conn``; its owner still closes it.
+
+    Closing the descriptor alone does not interrupt a blocked ``recv`` on Linux (and
+    closing it under another thread's feet lets the number be reused); shutting the
+    socket down does, and leaves the descriptor to the thread that reads it.
     """
     with contextlib.suppress(OSError, ValueError, TypeError):
         sock = socket.socket(fileno=os.dup(conn.fileno()))
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+def hang_up(conn: Connection) -> None:
+    """Shut a connection down (see :func:`shut`) and close it."""
+    shut(conn)
     with contextlib.suppress(OSError):
         conn.close()
+
+
+class Deadline:
+    """A connection's ``recv_bytes``/``send_bytes`` that give up at ``deadline``.
+
+    For the handshake: ``multiprocessing``'s challenge functions read with no
+    timeout, and a peer that sends nothing (or half a frame, or a byte at a time)
+    must not hold a thread past the deadline. Reads poll before every ``read``.
+    """
+
+    def __init__(self, conn: Connection, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self._fd = conn.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.conn.send_bytes(data)  # handshake frames are tiny: the socket buffer takes them
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        (size,) = struct.unpack("!i", self._read(4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", self._read(8))
+        if size < 0 or (maxlength is not None and size > maxlength):
+            raise OSError("bad message length")
+        return self._read(size)
+
+    def _read(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not self._poll.poll(int(min(left, 3600.0) * 1000) + 1):
+                raise TimeoutError("the handshake did not finish in time")
+            chunk = os.read(self._fd, size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return bytes(data)
 
 
 def frame(kind: Kind, corr: int, target: str, message: Message | None) -> bytes:
@@ -69,7 +145,11 @@ def frame(kind: Kind, corr: int, target: str, message: Message | None) -> bytes:
 
 
 def parse(data: bytes) -> tuple[Kind, int, str, Message | None]:
-    """Read one frame; anything malformed raises ProtocolError."""
+    """Read one frame; anything malformed raises ProtocolError.
+
+    The envelope is read first: a frame whose message part is bad raises
+    :class:`FrameError`, which says which request (``corr``) to answer.
+    """
     obj: Any = unpack(data)
     if type(obj) is not list or len(obj) != 4:
         raise ProtocolError("a frame is [kind, corr, target, message]")
@@ -79,4 +159,9 @@ def parse(data: bytes) -> tuple[Kind, int, str, Message | None]:
         raise ProtocolError(f"unknown frame kind {kind!r}")
     if type(corr) is not int or type(target) is not str:
         raise ProtocolError("frame corr must be an int and target a str")
-    return known, corr, target, None if parts is None else from_parts(parts)
+    if parts is None:
+        return known, corr, target, None
+    try:
+        return known, corr, target, from_parts(parts)
+    except ProtocolError as exc:
+        raise FrameError(str(exc), known, corr) from exc

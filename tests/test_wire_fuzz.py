@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import socket
@@ -16,7 +17,9 @@ import msgpack
 import pytest
 
 from lessor import GetStats, PoolSpec, Runtime, TokenFactory, wire
+from lessor.client import open_connection
 from lessor.messages import Acquire, ErrorReply, Hello, PoolStats, Release, ReturnParked
+from lessor.node import ENV_AUTHKEY
 from lessor.wire import Kind
 from tests.conftest import wait_until
 from tests.workers import targets
@@ -30,13 +33,14 @@ def runtime() -> Iterator[Runtime]:
     rt.shutdown(timeout=5)
 
 
-def authed(rt: Runtime, hello: bool = True) -> mpc.Connection:
-    conn = mpc.Client(rt.node.address, family="AF_UNIX", authkey=rt.node.authkey)
-    if hello:
-        conn.send_bytes(wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, "fuzz", 1)))
-        kind, _, _, answer = wire.parse(conn.recv_bytes())
-        assert kind == Kind.HELLO and isinstance(answer, Hello)
-    return conn
+_fuzzers = itertools.count()
+
+
+def authed(rt: Runtime, worker_id: str | None = None) -> mpc.Connection:
+    """A connection that passed the handshake as a worker the node made an environment for."""
+    worker_id = worker_id or f"fuzz-{next(_fuzzers)}"
+    key = bytes.fromhex(rt.node.env(worker_id)[ENV_AUTHKEY])
+    return open_connection(rt.node.address, key, worker_id)
 
 
 def error_of(conn: mpc.Connection) -> ErrorReply:
@@ -55,8 +59,9 @@ def still_serves(conn: mpc.Connection) -> None:
 
 def test_wrong_authkey_and_unauthenticated_bytes_are_refused(runtime: Runtime) -> None:
     node = runtime.node
+    node.env("fuzz")
     with pytest.raises(AuthenticationError):
-        mpc.Client(node.address, family="AF_UNIX", authkey=b"not the key")
+        open_connection(node.address, b"not the key", "fuzz")
     with socket.socket(socket.AF_UNIX) as raw:
         raw.connect(node.address)
         raw.sendall(os.urandom(512))
@@ -65,15 +70,19 @@ def test_wrong_authkey_and_unauthenticated_bytes_are_refused(runtime: Runtime) -
 
 
 def test_a_connection_must_open_with_hello(runtime: Runtime) -> None:
-    conn = authed(runtime, hello=False)
+    node = runtime.node
+    conn = mpc.Client(node.address, family="AF_UNIX")  # no HELLO, no key: hung up, unanswered
     conn.send_bytes(wire.frame(Kind.ASK, 1, "slots", GetStats()))
-    assert error_of(conn).error == "ProtocolError"
     assert conn.poll(5)
     with pytest.raises(EOFError):
-        conn.recv_bytes()  # closed after the error
-    old = authed(runtime, hello=False)
+        conn.recv_bytes()
+    key = bytes.fromhex(node.env("x")[ENV_AUTHKEY])
+    old = mpc.Client(node.address, family="AF_UNIX")  # the right key, the wrong version
     old.send_bytes(wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION + 1, "x", 1)))
+    mpc.answer_challenge(old, key)
+    mpc.deliver_challenge(old, key)
     assert "protocol version" in error_of(old).text
+    assert wait_until(lambda: node.stats.refused == 2)
 
 
 def test_bad_frames_get_errors_and_the_connection_keeps_serving(runtime: Runtime) -> None:
@@ -138,14 +147,14 @@ def test_a_well_behaved_worker_sees_no_error_during_the_fuzzing(
                 conn.send_bytes(b"\x01" * (wire.MAX_FRAME + 10))
         conn.close()
         with pytest.raises(AuthenticationError):
-            mpc.Client(runtime.node.address, family="AF_UNIX", authkey=b"wrong")
+            open_connection(runtime.node.address, b"wrong", "fuzzer")
     assert wait_until(lambda: any(e.kind == "removed" for e in runtime.events()), timeout=30)
     assert not any(e.kind == "failed" for e in runtime.events())
     assert pool.stats().leased == 0
 
 
 def test_pushes_to_a_worker_that_stopped_reading_never_block_the_node(runtime: Runtime) -> None:
-    conn = authed(runtime)  # says HELLO as worker "fuzz", then never reads again
+    conn = authed(runtime, "fuzz")  # says HELLO as worker "fuzz", then never reads again
     node = runtime.node
     began = time.monotonic()
     sent = 0

@@ -1,0 +1,284 @@
+"""The message codec: the base class, the tag registry, field checks, msgpack in and out.
+
+:mod:`lessor.messages` declares the messages; this module gives each one, once, at
+import time (:func:`seal`):
+
+* a ``__post_init__`` that checks every field against its type hint (TypeError
+  naming the field) and the values msgpack can carry (ValueError), then runs the
+  class's own value rules (its ``__post_init__``, if it has one);
+* an encoder ``msg -> [tag, field, ...]`` and a decoder back, which calls the
+  constructor: a frame is accepted exactly when the same message could be made
+  in-process.
+
+The checks are generated as inline Python (``type(v) is str``) from our own type
+hints: construction and decoding run on every request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+from lessor.errors import ProtocolError
+
+__all__ = [
+    "Message",
+    "decode",
+    "encode",
+    "from_parts",
+    "message",
+    "pack",
+    "seal",
+    "to_parts",
+    "unpack",
+]
+
+#: The integers msgpack carries.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+class Message:
+    """Base of all messages; ``TAG`` is the stable wire tag.
+
+    Every field is checked where a message is made, in-process or decoded from a
+    frame: a wrong type raises TypeError, a wrong value ValueError, each naming the
+    field. A class adds value rules in its own ``__post_init__``.
+    """
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+
+    def __post_init__(self) -> None:  # replaced per class by seal() (so dataclass calls it)
+        pass
+
+
+_M = TypeVar("_M", bound=type[Message])
+_REGISTRY: dict[int, type[Message]] = {}
+_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def message(tag: int) -> Callable[[_M], _M]:
+    """Register a message class under a stable wire tag."""
+
+    def register(cls: _M) -> _M:
+        if tag in _REGISTRY:
+            raise RuntimeError(f"tag {tag} used by {_REGISTRY[tag].__name__} and {cls.__name__}")
+        cls.TAG = tag
+        _REGISTRY[tag] = cls
+        _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return cls
+
+    return register
+
+
+# -- field checks ----------------------------------------------------------------------
+
+_Check = Callable[[Any], bool]
+
+
+def _any(_value: Any) -> bool:
+    return True
+
+
+def _compile(hint: Any) -> _Check:
+    """A field's type hint as a predicate on types alone (values are ``_value_test``'s)."""
+    if hint is Any:
+        return _any
+    if hint is type(None):
+        return lambda v: v is None
+    if hint in (bool, int, str, bytes):
+        return lambda v: type(v) is hint
+    if hint is float:
+        return lambda v: type(v) in (int, float)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        checks = tuple(_compile(a) for a in args)
+        return lambda v: any(c(v) for c in checks)
+    if origin is list:
+        item = _compile(args[0])
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if origin is dict:
+        key, val = _compile(args[0]), _compile(args[1])
+        return lambda v: type(v) is dict and all(key(k) and val(x) for k, x in v.items())
+    raise TypeError(f"message fields must be plain types, not {hint!r}")
+
+
+def _type_test(hint: Any, var: str, index: int) -> str:
+    """The same test as ``_compile(hint)``, as a Python expression on ``var``.
+
+    The common hints become inline tests; anything else calls the compiled
+    predicate ``_c{index}``.
+    """
+    if hint is Any:
+        return "True"
+    if hint is type(None):
+        return f"{var} is None"
+    if hint in (bool, int, str, bytes):
+        return f"type({var}) is {hint.__name__}"
+    if hint is float:
+        return f"(type({var}) is float or type({var}) is int)"
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return "(" + " or ".join(_type_test(a, var, index) for a in typing.get_args(hint)) + ")"
+    return f"_c{index}({var})"
+
+
+def _value_test(hint: Any, var: str, index: int) -> str:
+    """For a value that passed its type test: can msgpack carry it and compare it equal?"""
+    if hint is int:
+        return f"{INT_MIN} <= {var} <= {INT_MAX}"
+    if hint is float:  # not NaN; an int in a float field must fit msgpack too
+        return f"({var} == {var} if type({var}) is float else {INT_MIN} <= {var} <= {INT_MAX})"
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        parts = [(_type_test(a, var, index), _value_test(a, var, index))
+                 for a in typing.get_args(hint)]  # fmt: skip
+        if all(value == "True" for _, value in parts):
+            return "True"
+        return "(" + " or ".join(f"({t} and {v})" for t, v in parts) + ")"
+    return "True"
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if hint is int:
+        return "an int (not a bool)"
+    if hint is float:
+        return "a number (not a bool)"
+    return getattr(hint, "__name__", repr(hint))
+
+
+def _wrong_type(cls: type[Message], name: str, value: Any, wanted: str) -> TypeError:
+    return TypeError(f"{cls.__name__}.{name} must be {wanted}, got {value!r}")
+
+
+def _wrong_value(cls: type[Message], name: str, value: Any) -> ValueError:
+    return ValueError(f"{cls.__name__}.{name}: {value!r} cannot travel (NaN or too large)")
+
+
+def _validator(cls: type[Message]) -> Callable[[Message], None]:
+    """Generate ``__post_init__``: each field's type, then its value, then the class's rules."""
+    fields, hints = _FIELDS[cls], typing.get_type_hints(cls)
+    extra = cls.__dict__.get("__post_init__")
+    scope: dict[str, Any] = {"cls": cls, "_wrong_type": _wrong_type, "_wrong_value": _wrong_value,
+                             "_extra": extra}  # fmt: skip
+    lines = ["def __post_init__(self):"]
+    for i, name in enumerate(fields):
+        hint, var = hints[name], f"a{i}"
+        scope[f"_c{i}"] = _compile(hint)
+        test, value = _type_test(hint, var, i), _value_test(hint, var, i)
+        if test == "True":
+            continue
+        lines += [
+            f"    {var} = self.{name}",
+            f"    if not {test}:",
+            f"        raise _wrong_type(cls, {name!r}, {var}, {_describe(hint)!r})",
+        ]
+        if value != "True":
+            lines += [f"    if not {value}:", f"        raise _wrong_value(cls, {name!r}, {var})"]
+    lines.append("    _extra(self)" if extra is not None else "    pass")
+    exec("\n".join(lines), scope)  # the source is built from our own type hints only
+    check: Callable[[Message], None] = scope["__post_init__"]
+    return check
+
+
+# -- wire form -------------------------------------------------------------------------
+
+
+def _decoder(cls: type[Message]) -> Callable[[list[Any]], Message]:
+    """Generate ``[tag, field, ...] -> cls``: the constructor checks every field."""
+    arity = len(_FIELDS[cls])
+    args = ", ".join(f"obj[{i}]" for i in range(1, arity + 1))
+    scope: dict[str, Any] = {"cls": cls, "_arity": _arity, "ProtocolError": ProtocolError}
+    source = "\n".join([
+        "def decode(obj):",
+        f"    if len(obj) != {arity + 1}:",
+        "        raise _arity(cls, len(obj) - 1)",
+        "    try:",
+        f"        return cls({args})",
+        "    except (TypeError, ValueError) as exc:",
+        "        raise ProtocolError(f'invalid {cls.__name__}: {exc}') from exc",
+    ])  # fmt: skip
+    exec(source, scope)
+    decode: Callable[[list[Any]], Message] = scope["decode"]
+    return decode
+
+
+def _arity(cls: type[Message], got: int) -> ProtocolError:
+    return ProtocolError(f"{cls.__name__} takes {len(_FIELDS[cls])} fields, got {got}")
+
+
+def _encoder(cls: type[Message]) -> Callable[[Message], list[Any]]:
+    getter = operator.attrgetter(*_FIELDS[cls]) if _FIELDS[cls] else None
+    tag = cls.TAG
+    if getter is None:
+        return lambda _msg: [tag]
+    if len(_FIELDS[cls]) == 1:
+        return lambda msg: [tag, getter(msg)]
+    return lambda msg: [tag, *getter(msg)]
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {}
+_ENCODERS: dict[type[Message], Callable[[Message], list[Any]]] = {}
+
+
+def seal() -> None:
+    """Give every registered class its field checks, encoder and decoder (once, at import)."""
+    for cls in _REGISTRY.values():
+        if cls not in _ENCODERS:
+            setattr(cls, "__post_init__", _validator(cls))  # noqa: B010 - no method-assign
+            _DECODERS[cls.TAG] = _decoder(cls)
+            _ENCODERS[cls] = _encoder(cls)
+
+
+def to_parts(msg: Message) -> list[Any]:
+    """The plain ``[tag, field, ...]`` form of a message, for embedding in a larger frame."""
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
+        raise ProtocolError(f"not a lessor message: {type(msg).__name__}")
+    return encoder(msg)
+
+
+def pack(obj: Any, what: str = "frame") -> bytes:
+    """msgpack with lessor's settings; anything not msgpack-safe raises ProtocolError."""
+    try:
+        frame: bytes = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {what}: {exc}") from exc
+    return frame
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack bytes -> plain objects; malformed input raises ProtocolError."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError...
+        raise ProtocolError(f"not a msgpack frame: {exc}") from exc
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> msgpack frame. Raises ProtocolError for a non-msgpack-safe field."""
+    return pack(to_parts(msg), type(msg).__name__)
+
+
+def decode(data: bytes) -> Message:
+    """msgpack frame -> Message. Anything malformed raises ProtocolError, never more."""
+    return from_parts(unpack(data))
+
+
+def from_parts(obj: Any) -> Message:
+    """``[tag, field, ...]`` -> Message, checking every field."""
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError("a frame must be an array starting with an integer tag")
+    decoder = _DECODERS.get(obj[0])
+    if decoder is None:
+        raise ProtocolError(f"unknown message tag {obj[0]}")
+    return decoder(obj)

@@ -1,0 +1,132 @@
+"""RemotePool: a pool of the runtime seen from a worker process, with lease caching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from lessor import leases
+from lessor.core.cache import LeaseCache
+from lessor.leases import LeaseOps
+from lessor.messages import Acquire, Drain, Lease, LeaseExpired, Message, Release, ReturnParked
+
+if TYPE_CHECKING:
+    from lessor.client import Client
+
+__all__ = ["RemotePool"]
+
+
+class RemotePool(LeaseOps):
+    """A pool in the runtime, seen from a worker: the same API as an in-process handle.
+
+    With ``cache=True`` (the default of ``client.pool``) this is lock caching with
+    recall, as distributed lock managers and HikariCP's ConcurrentBag do it: a
+    released lease is parked in this process and the next ``acquire`` here reuses it
+    without a round trip. The pool still counts it as leased by this worker. When
+    someone else waits and nothing is free, the pool pushes ReturnParked: parked
+    leases go back at once, leases out at that moment go back when released, and for
+    a short window every release is real. Which releases park is
+    :class:`~lessor.core.cache.LeaseCache`'s call; a stale lease released twice
+    raises DoubleRelease rather than free a lease another borrow now holds.
+    """
+
+    def __init__(self, client: Client, name: str, cache: bool = False) -> None:
+        self.client = client
+        self.name = name
+        self.cache = cache
+        self._leases = LeaseCache(time.monotonic)
+        self._lock = threading.Lock()
+        if cache:
+            client.on_push(self._on_push)
+
+    def ask(self, message: Message, timeout: float | None = None) -> Any:
+        if timeout is None and isinstance(message, Acquire):
+            wait = message.timeout
+            if wait is None:  # the pool's own acquire_timeout, as in-process
+                wait = self.client.acquire_timeout(self.name)
+            timeout = wait + leases.ACQUIRE_GRACE
+        return self.client.ask(self.name, message, timeout)
+
+    def tell(self, message: Message) -> None:
+        self.client.tell(self.name, message)
+
+    def acquire(
+        self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
+    ) -> Lease:
+        if not self.cache:
+            lease = super().acquire(timeout, priority, ttl)
+            self.client._lent(self, lease.id)
+            return lease
+        leases = self._leases
+        with self._lock:
+            reused = leases.take() if ttl is None else None
+            if reused is None:
+                leases.asking += 1
+        if reused is not None:
+            self.client._lent(self, reused.id)
+            return reused
+        try:
+            lease = super().acquire(timeout, priority, ttl)
+        except BaseException:
+            with self._lock:
+                leases.asking -= 1
+            raise
+        with self._lock:
+            leases.asking -= 1
+            leases.lent(lease)
+        self.client._lent(self, lease.id)
+        return lease
+
+    def release(self, lease: Lease, broken: bool = False) -> None:
+        if self.cache:
+            self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
+            with self._lock:
+                parked = self._leases.give_back(lease, broken, self.client.draining.is_set())
+            self.client._returned(lease.id)
+            if parked:
+                return
+        else:
+            self.client._returned(lease.id)
+        super().release(lease, broken)
+
+    def give_back_for_dead_thread(self, lease_id: str) -> None:
+        """The thread that borrowed this lease ended without releasing it."""
+        if self.cache:
+            with self._lock:
+                self._leases.forget(lease_id)  # never parked: its user vanished mid-use
+        self.tell(Release(lease_id))
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        if not self.cache:
+            return super().renew(lease, ttl)
+        with self._lock:
+            self._leases.borrow(lease)  # a borrow that ended must not move another's expiry
+        renewed = super().renew(lease, ttl)
+        with self._lock:
+            return self._leases.renewed(renewed)
+
+    def flush(self) -> None:
+        """Give every parked lease back to the pool."""
+        with self._lock:
+            parked = self._leases.empty()
+        self._give(parked)
+
+    @property
+    def parked(self) -> int:
+        return self._leases.parked
+
+    def _give(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            super().release(lease)
+
+    def _on_push(self, message: Message) -> None:
+        if isinstance(message, ReturnParked) and message.pool == self.name:
+            with self._lock:
+                parked = self._leases.recall()
+            self._give(parked)
+        elif isinstance(message, Drain):
+            self.flush()
+        elif isinstance(message, LeaseExpired) and message.pool == self.name:
+            with self._lock:
+                self._leases.forget(message.lease_id)
