@@ -20,7 +20,7 @@ from typing import Any, cast
 import pykka
 
 from lessor import holder as holders
-from lessor.actors.base import DEFERRED, Call, LessorActor, Reply, answer, answer_error
+from lessor.actors.base import DEFERRED, Call, LessorActor, Reply
 from lessor.actors.timer import DeadlineTimer
 from lessor.core.pool import (
     Check,
@@ -62,6 +62,7 @@ __all__ = [
     "PoolActor",
     "PoolLineage",
     "ReclaimAll",
+    "ReclaimHolder",
 ]
 
 log = logging.getLogger("lessor.pool")
@@ -122,6 +123,14 @@ class ReclaimAll:
     """Shutdown, step 3 (the deadline passed): take every lease back; answered with them."""
 
     why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimHolder:
+    """Take back every lease of ``holder`` now; answered with them (a shutdown's own caller)."""
+
+    holder: str
+    why: str = "reclaimed from the caller of shutdown"
 
 
 class PoolLineage:
@@ -209,11 +218,16 @@ class PoolActor(LessorActor):
             )
             self._on_holder_gone = lambda holder: ref.tell(_HolderGone(holder))
             holders.subscribe(self._on_holder_gone)
-            self._apply(self.core.start(self._clock()))
+            self.in_turn(self._start)
         except BaseException:
             self._failed = True
             self._shutdown()
             raise
+
+    def _start(self) -> None:
+        self._apply(self.core.start(self._clock()))
+        self._arm()
+        self._ready = True  # from now on callers may run turns on their own threads
 
     def on_stop(self) -> None:
         self._shutdown()
@@ -225,6 +239,16 @@ class PoolActor(LessorActor):
     def _shutdown(self) -> None:
         if self._on_holder_gone is not None:
             holders.unsubscribe(self._on_holder_gone)
+        self.in_turn(self._close)
+        self.drain_inbox(self._late_tell)
+        if self._timer is not None:
+            self._timer.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        # Results that raced the stop: their jobs saw a dead actor and cleaned up.
+        self.drain_inbox(self._late_tell)
+
+    def _close(self) -> None:
         now = self._clock()
         if self._failed:
             # Holders keep what they hold; the next incarnation adopts it as orphans.
@@ -235,19 +259,21 @@ class PoolActor(LessorActor):
             self._apply(self.core.close(now))
             self._apply(self.core.reclaim_all(now, "pool stopped")[1])
         for reply in self._drained:
-            answer(reply, None)
-        self.drain_inbox(self._late_tell)
-        if self._timer is not None:
-            self._timer.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        # Results that raced the stop: their jobs saw a dead actor and cleaned up.
-        self.drain_inbox(self._late_tell)
+            self.reply(reply, None)
+        self._drained.clear()
 
     def _late_tell(self, message: Any) -> None:
         # The closed core turns late resources into Destroy decisions.
         if isinstance(message, (_Created, _CreateFailed, _Checked, _ResetDone)):
-            self.handle_internal(message)
+            self.in_turn(self.handle_internal, message)
+
+    def on_refused(self, leases: list[Lease]) -> None:
+        """Grants nobody took (the caller gave up or its worker died): back into the pool."""
+        now = self._clock()
+        for lease in leases:
+            with contextlib.suppress(LessorError):  # reclaimed meanwhile (holder gone)
+                self._apply(self.core.release(now, lease.id, lease.holder))
+        self._arm()
 
     # -- messages ----------------------------------------------------------------------
 
@@ -314,27 +340,27 @@ class PoolActor(LessorActor):
             self._apply(decisions)
             self._arm()
             return taken
+        elif isinstance(message, ReclaimHolder):
+            decisions = core.reclaim_holder(now, message.holder, message.why)
+            self._apply(decisions)
+            self._arm()
+            return [d.lease for d in decisions if isinstance(d, Reclaimed)]
         else:
             return super().handle_internal(message)
         self._arm()
         return None
 
     def _cancel(self, now: float, message: CancelAcquire) -> None:
+        # The caller cancelled its reply first, so a grant racing this is refused by
+        # the reply and comes back through on_refused: only the queue entry is left.
         self._apply(self.core.cancel(now, message.reply))
-        try:
-            granted = message.reply.get(timeout=0)  # type: ignore[attr-defined]
-        except Exception:  # not answered (now cancelled) or answered with an error
-            return
-        if isinstance(granted, Lease):
-            with contextlib.suppress(LessorError):  # released or reclaimed already
-                self._apply(self.core.release(now, granted.id, message.holder))
 
     # -- carrying out decisions --------------------------------------------------------
 
     def _arm(self) -> None:
         if self._drained and not self.core.leased:
             for reply in self._drained:
-                answer(reply, None)
+                self.reply(reply, None)
             self._drained.clear()
         timer = self._timer
         if timer is not None:
@@ -349,24 +375,27 @@ class PoolActor(LessorActor):
     def _apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
             if isinstance(d, Grant):
-                answer(cast(Reply, d.ticket), d.lease)
+                self.grant(cast(Reply, d.ticket), d.lease)
             elif isinstance(d, Fail):
-                answer_error(cast(Reply, d.ticket), d.error)
+                self.reply_error(cast(Reply, d.ticket), d.error)
             elif isinstance(d, Create):
-                self._submit(self._create)
+                self.later(self._submit, self._create)
             elif isinstance(d, Destroy):
-                self._submit(self._destroy, d.resource, d.reason)
+                self.later(self._submit, self._destroy, d.resource, d.reason)
             elif isinstance(d, Check):
-                self._submit(self._check, d.slot, d.resource)
+                self.later(self._submit, self._check, d.slot, d.resource)
             elif isinstance(d, Reset):
-                self._submit(self._reset, d.slot, d.resource)
+                self.later(self._submit, self._reset, d.slot, d.resource)
             elif isinstance(d, Reclaimed):
-                self._reclaimed(f"{d.lease.id} of {d.lease.holder}: {d.why}")
+                self.later(self._reclaimed, f"{d.lease.id} of {d.lease.holder}: {d.why}")
             else:
-                self.on_expired(d.lease)
+                self.later(self.on_expired, d.lease)
 
     def on_expired(self, lease: Lease) -> None:
-        """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit)."""
+        """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit).
+
+        Runs after the turn: the receiver may be a worker's socket.
+        """
         receiver = holders.holder_receiver(lease.holder)
         if receiver is not None:
             with contextlib.suppress(pykka.ActorDeadError):
@@ -384,7 +413,7 @@ class PoolActor(LessorActor):
         for holder in self.core.holders():
             receiver = holders.holder_receiver(holder)
             if receiver is not None and holder.startswith("worker:"):
-                receiver.tell(notice)
+                self.later(receiver.tell, notice)  # a socket send: after the turn
                 asked = True
         return asked
 
@@ -394,6 +423,7 @@ class PoolActor(LessorActor):
             self._events.emit("lease_reclaimed", self.spec.name, detail)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """After a turn: factory work goes to the executor, so the turn never waits on it."""
         executor = self._executor
         if executor is None:  # not started, or shutting down: do it here
             fn(*args)

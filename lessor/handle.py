@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from lessor.actors.base import OneShot, Reply, post
+from lessor.actors.base import OneShot, Reply, answer, post
 from lessor.actors.pool import CancelAcquire
 from lessor.errors import (
     AcquireTimeout,
@@ -25,17 +25,12 @@ from lessor.errors import (
     PoolClosed,
 )
 from lessor.holder import current_holder
-from lessor.leases import LeaseOps
-from lessor.messages import Acquire, Message
+from lessor.leases import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
+from lessor.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef, ChildState
 
 __all__ = ["PoolHandle"]
-
-#: How long past an Acquire's own timeout the caller waits for the pool to answer it.
-ACQUIRE_GRACE = 5.0
-#: How long any other request may take before the pool is deemed unresponsive.
-REQUEST_TIMEOUT = 30.0
 
 
 class PoolHandle(LeaseOps):
@@ -89,7 +84,7 @@ class PoolHandle(LeaseOps):
         post(ref, message, reply, holder)
         try:
             return reply.get(timeout)
-        except TimeoutError:
+        except TimeoutError:  # the reply is cancelled: a late grant goes back to the pool
             if isinstance(message, Acquire):
                 with contextlib.suppress(pykka.ActorDeadError):
                     ref.tell(CancelAcquire(reply, holder))
@@ -97,6 +92,21 @@ class PoolHandle(LeaseOps):
             raise PoolClosed(f"pool {self.name!r} did not answer in {timeout:g}s") from None
         except pykka.ActorDeadError as exc:
             raise PoolClosed(f"pool {self.name!r} stopped") from exc
+        except BaseException:  # interrupted while waiting (KeyboardInterrupt): lose nothing
+            if isinstance(message, Acquire):
+                self._abandon(ref, reply, holder)
+            raise
+
+    def _abandon(self, ref: pykka.ActorRef[Any], reply: OneShot, holder: str) -> None:
+        """The caller stops waiting for an Acquire: cancel it, or give back what it got."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            if reply.cancel():
+                ref.tell(CancelAcquire(reply, holder))
+                return
+            with contextlib.suppress(Exception):
+                granted = reply.get(0)
+                if isinstance(granted, Lease):
+                    post(ref, Release(granted.id), None, holder)
 
     def tell(self, message: Message) -> None:
         """Send without waiting (Release); a refusal is logged by the pool."""
@@ -109,6 +119,9 @@ class PoolHandle(LeaseOps):
 
     def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
         """Hand a request from a worker process to the pool, without waiting."""
+        if isinstance(message, Describe):  # the spec is the handle's: no turn needed
+            answer(reply, PoolInfo(self.name, self.spec.acquire_timeout, self.spec.max_size))
+            return
         if isinstance(message, Acquire) and not self.spec.factory.portable:
             raise NotPortable(
                 f"pool {self.name!r} holds resources that cannot cross processes; "
@@ -119,10 +132,17 @@ class PoolHandle(LeaseOps):
             raise PoolClosed(f"pool {self.name!r} is not running")
         actor.call_now(message, reply, holder)
 
-    def cancel(self, reply: Reply, holder: str) -> None:
-        """The remote caller gave up on an Acquire (poolboy's cancel_waiting)."""
+    def cancel(self, reply: Any, holder: str) -> None:
+        """The remote caller gave up on an Acquire (poolboy's cancel_waiting).
+
+        ``reply.cancel()`` decides the race with a grant: either the request is
+        dropped from the queue, or the lease the caller will never read is released.
+        """
         with contextlib.suppress(LessorError, pykka.ActorDeadError):
-            self.current_ref(0.0).tell(CancelAcquire(reply, holder))
+            if reply.cancel():
+                self.current_ref(0.0).tell(CancelAcquire(reply, holder))
+            elif isinstance(reply.value, Lease):
+                self.deliver(Release(reply.value.id), None, holder)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.

@@ -299,7 +299,7 @@ class PoolCore:
             raise self._lease_error(lease_id)
         lease = slot.lease
         if lease.holder != holder:
-            raise ForeignLease(f"lease {lease_id} is held by {lease.holder}, not {holder}")
+            raise ForeignLease(f"lease {lease_id} is held by another holder, not {holder}")
         self._unlease(slot, lease, "released")
         c = self.counters
         c.released += 1
@@ -319,7 +319,7 @@ class PoolCore:
     def _release_orphan(self, now: float, lease_id: str, holder: str) -> list[Decision]:
         orphan = self._orphans[lease_id]
         if orphan.holder != holder:
-            raise ForeignLease(f"lease {lease_id} is held by {orphan.holder}, not {holder}")
+            raise ForeignLease(f"lease {lease_id} is held by another holder, not {holder}")
         del self._orphans[lease_id]
         out: list[Decision] = [Destroy(orphan.resource, "released after a restart")]
         self._dispatch(now, out)
@@ -331,7 +331,7 @@ class PoolCore:
         if slot is None or slot.lease is None:
             raise self._lease_error(lease_id)
         if slot.lease.holder != holder:
-            raise ForeignLease(f"lease {lease_id} is held by {slot.lease.holder}, not {holder}")
+            raise ForeignLease(f"lease {lease_id} is held by another holder, not {holder}")
         lease = replace(slot.lease, expires_at=now + ttl)
         slot.lease = lease
         heapq.heappush(self._expiries, (now + ttl, lease_id))
