@@ -35,6 +35,17 @@ def _error_name(exc: BaseException) -> str:
     return "LessorError"
 
 
+def _writable(fd: int) -> bool:
+    """Whether a send to ``fd`` would not block now.
+
+    A poll object of its own per call: pool threads push concurrently, and one
+    ``select.poll`` object raises "concurrent poll() invocation" when shared.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(0))
+
+
 class Peer:
     """One authenticated worker connection. ``send`` is safe from any thread."""
 
@@ -47,8 +58,7 @@ class Peer:
         self.closed = False
         self.dropped_pushes = 0
         self._lock = threading.Lock()
-        self._writable = select.poll()
-        self._writable.register(conn.fileno(), select.POLLOUT)
+        self._fd = conn.fileno()
 
     def send(self, data: bytes) -> bool:
         with self._lock:
@@ -69,7 +79,7 @@ class Peer:
         """
         if self.closed:
             return
-        if not self._writable.poll(0):  # unlocked: a send blocked under the lock must not stall us
+        if not _writable(self._fd):  # unlocked: a send blocked under the lock must not stall us
             self.dropped_pushes += 1
             log.warning("node: %s is not reading; dropped a %s push", self.holder,
                         type(message).__name__)  # fmt: skip

@@ -476,3 +476,44 @@ def test_a_remote_acquire_waits_for_the_pools_own_timeout(
         client.pool("slow").acquire()  # another handle of this process: no new Describe
     assert slow.describes == 1
     assert wait_until(lambda: slow.asks.qsize() == 2 and slow.cancels.qsize() == 2)
+
+
+def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
+    """Pushes come from whichever threads ran pool turns; a shared poll object once
+    raised "concurrent poll() invocation" and the push was lost."""
+    from lessor.messages import ReturnParked
+    from lessor.peer import Peer
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer = Peer(mpc.Connection(ours.detach()), "w", os.getpid())
+    reader = mpc.Connection(theirs.detach())
+    received: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                received.append(reader.recv_bytes())
+
+    def push() -> None:
+        try:
+            for _ in range(300):
+                peer.tell(ReturnParked("p"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    draining = threading.Thread(target=read)
+    draining.start()
+    pushers = [threading.Thread(target=push) for _ in range(6)]
+    for t in pushers:
+        t.start()
+    for t in pushers:
+        t.join(WAIT * 6)
+    try:
+        assert errors == []
+        assert wait_until(lambda: len(received) + peer.dropped_pushes == 1800, timeout=WAIT)
+        assert len(received) > 0
+    finally:
+        peer.close()
+        draining.join(WAIT)
+        reader.close()
