@@ -59,6 +59,8 @@ ENV_WORKER = "LESSOR_WORKER_ID"
 HANDSHAKE_TIMEOUT = 5.0
 #: Seconds ``close()`` waits, in all, for the node's threads to end.
 CLOSE_TIMEOUT = 5.0
+#: Seconds a push queued before its worker connected may wait for room in its socket.
+PUSH_WAIT = 1.0
 
 
 class Target(Protocol):
@@ -102,6 +104,7 @@ class Node:
         self._targets: dict[str, Target] = {}
         self._peers: dict[str, Peer] = {}
         self._known: set[str] = set()  # worker ids env() was asked for
+        self._early: dict[str, list[Message]] = {}  # pushes for workers not connected yet
         self._pids: dict[str, int] = {}  # worker id -> the pid its supervisor started
         self._conns: set[Connection] = set()  # every open connection, authenticated or not
         self._threads: set[threading.Thread] = set()
@@ -144,11 +147,20 @@ class Node:
                             worker_id)  # fmt: skip
                 wire.shut(peer.conn)
 
-    def push(self, worker_id: str, message: Message) -> bool:
-        peer = self._peers.get(worker_id)
-        if peer is None:
-            return False
-        peer.tell(message)
+    def push(self, worker_id: str, message: Message, wait: float = 0.0) -> bool:
+        """Push ``message`` to a worker, waiting up to ``wait`` s for room in its socket.
+
+        A worker that was given its environment but has not connected yet gets the
+        push as soon as it does (a Drain must reach a worker that is still starting).
+        """
+        with self._lock:
+            peer = self._peers.get(worker_id)
+            if peer is None:
+                if worker_id not in self._known:
+                    return False
+                self._early.setdefault(worker_id, []).append(message)
+                return True
+        peer.tell(message, wait)
         return True
 
     def broadcast(self, message: Message) -> None:
@@ -164,6 +176,7 @@ class Node:
         """
         with self._lock:
             self._known.discard(worker_id)
+            self._early.pop(worker_id, None)
             self._pids.pop(worker_id, None)
             peer = self._peers.get(worker_id)
             if peer is not None:
@@ -258,15 +271,18 @@ class Node:
             return None
         with self._lock:
             why = self._refusal(hello, pid, uid)
-            peer = None if why else Peer(conn, hello.worker_id, pid)
+            peer = None if why else Peer(conn, hello.worker_id, pid)  # sends wait for greet
             if peer is not None:
                 self._peers[peer.worker_id] = peer
                 self.stats.connections += 1
+                early = self._early.pop(peer.worker_id, [])
         if peer is None:
             self._refuse(conn, why, answer=True)
             return None
+        peer.greet(wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, "", os.getpid())))
         holders.bind_receiver(peer.holder, peer)
-        peer.send(wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, "", os.getpid())))
+        for message in early:  # pushed before it connected (a Drain while it started)
+            peer.tell(message, PUSH_WAIT)
         return peer
 
     def _refusal(self, hello: Hello, pid: int, uid: int) -> str:

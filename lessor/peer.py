@@ -35,15 +35,15 @@ def _error_name(exc: BaseException) -> str:
     return "LessorError"
 
 
-def _writable(fd: int) -> bool:
-    """Whether a send to ``fd`` would not block now.
+def _writable(fd: int, wait: float = 0.0) -> bool:
+    """Whether a send to ``fd`` would not block, waiting up to ``wait`` seconds.
 
     A poll object of its own per call: pool threads push concurrently, and one
     ``select.poll`` object raises "concurrent poll() invocation" when shared.
     """
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    return bool(poller.poll(0))
+    return bool(poller.poll(int(wait * 1000)))
 
 
 class Peer:
@@ -58,7 +58,17 @@ class Peer:
         self.closed = False
         self.dropped_pushes = 0
         self._lock = threading.Lock()
+        self._lock.acquire()  # released by greet(): nothing goes out before the HELLO
         self._fd = conn.fileno()
+
+    def greet(self, hello: bytes) -> None:
+        """Send the node's HELLO, the first frame, and open the peer to other senders."""
+        try:
+            self.conn.send_bytes(hello)
+        except OSError:
+            self.closed = True
+        finally:
+            self._lock.release()
 
     def send(self, data: bytes) -> bool:
         with self._lock:
@@ -71,15 +81,16 @@ class Peer:
                 return False
         return True
 
-    def tell(self, message: Message) -> None:
+    def tell(self, message: Message, wait: float = 0.0) -> None:
         """Push a message the worker did not ask for (LeaseExpired, Drain, ReturnParked).
 
         Pushes are hints, sent from pool threads: to a worker that stopped reading
-        (its socket buffer full) one is dropped rather than block the pool.
+        (its socket buffer full for ``wait`` seconds) one is dropped rather than
+        block the pool.
         """
         if self.closed:
             return
-        if not _writable(self._fd):  # unlocked: a send blocked under the lock must not stall us
+        if not _writable(self._fd, wait):  # unlocked: a blocked send must not stall us
             self.dropped_pushes += 1
             log.warning("node: %s is not reading; dropped a %s push", self.holder,
                         type(message).__name__)  # fmt: skip

@@ -486,6 +486,7 @@ def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     peer = Peer(mpc.Connection(ours.detach()), "w", os.getpid())
+    peer.greet(b"hello")  # until the node's HELLO is out, every send waits
     reader = mpc.Connection(theirs.detach())
     received: list[bytes] = []
     errors: list[BaseException] = []
@@ -511,9 +512,25 @@ def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
         t.join(WAIT * 6)
     try:
         assert errors == []
-        assert wait_until(lambda: len(received) + peer.dropped_pushes == 1800, timeout=WAIT)
-        assert len(received) > 0
+        assert wait_until(lambda: len(received) + peer.dropped_pushes == 1801, timeout=WAIT)
+        assert received[0] == b"hello" and len(received) > 1
     finally:
         peer.close()
         draining.join(WAIT)
         reader.close()
+
+
+def test_a_drain_pushed_before_the_worker_connects_reaches_it(
+    node: Node, clients: list[Client]
+) -> None:
+    """A shutdown that starts while a worker is still starting must still drain it."""
+    from lessor.messages import Drain
+
+    env = node.env("starting")
+    assert node.push("starting", Drain(3.0)) is True  # known, not connected yet
+    assert node.push("never-spawned", Drain(3.0)) is False
+    client = Client(env[ENV_ADDRESS], bytes.fromhex(env[ENV_AUTHKEY]), "starting")
+    client.on_lost = lambda: None
+    clients.append(client)
+    assert client.draining.wait(WAIT)
+    assert client.drain_deadline_s == 3.0
