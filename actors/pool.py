@@ -289,7 +289,7 @@ class PoolActor(LessorActor):
             self._apply(
                 core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
             )
-            if core.starved:
+            if core.starved and not self._nudging:  # then again every NUDGE_INTERVAL
                 self._nudging = self._ask_parked_back()
             result = DEFERRED
         elif isinstance(msg, Release):
@@ -362,10 +362,12 @@ class PoolActor(LessorActor):
             for reply in self._drained:
                 self.reply(reply, None)
             self._drained.clear()
+        if self._nudging and not self.core.starved:
+            self._nudging = False  # the next starved Acquire asks at once
         timer = self._timer
         if timer is not None:
             due = self.core.next_deadline()
-            if self._nudging and self.core.starved:
+            if self._nudging:
                 # Parked leases and idle quota come back only when asked: ask again soon.
                 nudge = self._clock() + NUDGE_INTERVAL
                 due = nudge if due is None else min(due, nudge)
