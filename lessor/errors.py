@@ -22,11 +22,13 @@ __all__ = [
     "PoolClosed",
     "PoolExhausted",
     "ProtocolError",
+    "RuntimeStopped",
     "ShuttingDown",
     "StaleLease",
     "SupervisorGaveUp",
     "TaskFailed",
     "UnknownLease",
+    "WorkersFailed",
 ]
 
 
@@ -98,6 +100,28 @@ class ActorRestarted(ActorStopped):
 
 class SupervisorGaveUp(LessorError):
     """Children failed more often than the restart intensity allows; the tree escalated."""
+
+
+class RuntimeStopped(LessorError):
+    """The runtime was shut down, or its tree stopped or stopped answering: the call
+    cannot be carried out. ``__cause__`` is what the runtime ran into, if anything."""
+
+
+class WorkersFailed(LessorError):
+    """A worker group gave up (its workers kept failing, or could not start): it is over.
+
+    ``worker_traceback`` is the last failed worker's traceback (also in the message),
+    when it left one; ``exit_code`` its exit status.
+    """
+
+    def __init__(
+        self, message: str, *, worker_traceback: str = "", exit_code: int | None = None
+    ) -> None:
+        if worker_traceback:
+            message = f"{message}\n\nlast worker traceback:\n{worker_traceback.rstrip()}"
+        super().__init__(message)
+        self.worker_traceback = worker_traceback
+        self.exit_code = exit_code
 
 
 class TaskFailed(LessorError):

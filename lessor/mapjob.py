@@ -12,14 +12,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lessor import holder as holders
 from lessor.actors.base import Reply, answer, answer_error
 from lessor.errors import ProtocolError, TaskFailed
 from lessor.messages import Message, NextTask, Task, TaskResult, pack
 
-__all__ = ["MapJob", "map_worker"]
+if TYPE_CHECKING:
+    from lessor.node import Node
+    from lessor.supervisor.child import ChildRef
+    from lessor.supervisor.workers import GroupOutcome
+
+__all__ = ["MapJob", "map_worker", "run_map"]
 
 _MAX_ATTEMPTS = 2
 
@@ -38,24 +43,37 @@ class MapJob:
         self._attempts = [0] * len(self.items)
         self._working: dict[str, set[int]] = {}
         self._remaining = len(self.items)
+        self.cut = False  # items were failed because no worker was left to run them
         self._cond = threading.Condition()
         holders.subscribe(self._holder_gone)
 
     def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
-        with self._cond:
-            if isinstance(message, NextTask):
+        if isinstance(message, NextTask):
+            with self._cond:  # decide under the lock, answer outside it
                 task = Task(-1, None)
                 if self._todo:
                     index = self._todo.popleft()
                     self._attempts[index] += 1
                     self._working.setdefault(holder, set()).add(index)
                     task = Task(index, self.items[index])
-                answer(reply, task)
-            elif isinstance(message, TaskResult) and 0 <= message.index < len(self.items):
+            if not answer(reply, task) and task.index >= 0:
+                self._untake(holder, task.index)
+        elif isinstance(message, TaskResult) and 0 <= message.index < len(self.items):
+            with self._cond:
                 self._finish(holder, message)
-            else:
-                kind = type(message).__name__
-                answer_error(reply, ProtocolError(f"a map job does not take {kind}"))
+        else:
+            kind = type(message).__name__
+            answer_error(reply, ProtocolError(f"a map job does not take {kind}"))
+
+    def _untake(self, holder: str, index: int) -> None:
+        """The worker never got item ``index`` (it gave up or died): hand it out again."""
+        with self._cond:
+            working = self._working.get(holder)
+            if working is not None and index in working:  # not requeued by _holder_gone
+                working.discard(index)
+                self._attempts[index] -= 1
+                self._todo.appendleft(index)
+                self._cond.notify_all()
 
     def cancel(self, reply: Reply, holder: str) -> None:
         """A NextTask is answered at once: there is nothing to cancel."""
@@ -72,6 +90,18 @@ class MapJob:
 
     def close(self) -> None:
         holders.unsubscribe(self._holder_gone)
+
+    def cut_short(self, why: str) -> None:
+        """The workers are gone for good: every item not done yet fails with ``why``."""
+        with self._cond:
+            left = sorted({*self._todo, *(i for held in self._working.values() for i in held)})
+            self._todo.clear()
+            self._working.clear()
+            for index in left:
+                self.failed[index] = TaskFailed(f"item {index}: {why}")
+            self._remaining = 0
+            self.cut = self.cut or bool(left)
+            self._cond.notify_all()
 
     def _finish(self, holder: str, result: TaskResult) -> None:
         index = result.index
@@ -95,6 +125,44 @@ class MapJob:
                     self.failed[index] = TaskFailed(f"item {index}: its worker died, twice")
                     self._remaining -= 1
             self._cond.notify_all()
+
+
+def run_map(
+    job: MapJob,
+    node: Node,
+    spawn: Callable[[int], tuple[ChildRef, GroupOutcome]],
+    stop: Callable[[ChildRef], object],
+    workers: int,
+    timeout: float | None,
+    return_exceptions: bool,
+) -> list[Any]:
+    """Run ``job`` on ``spawn(n)``'s worker group; the results, in order (Runtime.map).
+
+    When the group ends before the job does, the items left fail; if it ended with an
+    error (it gave up: WorkersFailed; the runtime shut down: RuntimeStopped), that is
+    raised instead.
+    """
+    node.register(job.name, job)
+    try:
+        if job.items:
+            group, outcome = spawn(min(workers, len(job.items)))
+            outcome.when_settled(lambda: job.cut_short("no worker left to run it"))
+            try:
+                if not job.wait(timeout):
+                    raise TimeoutError(f"{job.name} did not finish in {timeout}s")
+            finally:
+                stop(group)  # most have exited
+            if job.cut and outcome.error is not None:
+                raise outcome.error.with_traceback(None)
+    finally:
+        node.unregister(job.name)
+        job.close()
+    results = list(job.results)
+    for index, error in sorted(job.failed.items()):
+        if not return_exceptions:
+            raise error
+        results[index] = error
+    return results
 
 
 def map_worker(job: str, fn: Callable[[Any], Any]) -> None:

@@ -1,9 +1,13 @@
 """Runtime: the root of one process's supervision tree, and its graceful shutdown.
 
 ``shutdown(timeout)`` drains before it stops: new Acquires get ``ShuttingDown``,
-holders get until the deadline to release, whatever is still out at the deadline
-is reclaimed and listed in the report, then children stop in reverse start order,
-each within its own shutdown time.
+the caller's own leases come back at once, other holders get until the deadline to
+release, whatever is still out at the deadline is reclaimed and listed in the
+report, then children stop in reverse start order, each within its own shutdown time.
+
+No lock is held across the drain: a second caller waits for the first and gets the
+same report, and a signal that lands during a shutdown hurries it (SIGKILL the
+workers, reclaim everything, stop the tree) instead of waiting on it.
 """
 
 from __future__ import annotations
@@ -16,62 +20,38 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
-import pykka
-from pykka import ThreadingFuture
-
-from lessor.actors.pool import AwaitDrained, BeginDrain, PoolActor, PoolLineage, ReclaimAll
-from lessor.errors import LessorError, SupervisorGaveUp
+from lessor.actors.pool import PoolActor, PoolLineage
+from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
 from lessor.handle import PoolHandle
-from lessor.mapjob import MapJob, map_worker
+from lessor.holder import current_holder
+from lessor.mapjob import MapJob, map_worker, run_map
 from lessor.messages import Lease
 from lessor.node import Node
 from lessor.quota import quota_spec
+from lessor.shutdown import ShutdownReport, deliver, drain, live, make_report, reclaim_holder
+from lessor.shutdown import ask as _ask
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
-from lessor.supervisor.supervisor import (
-    AddChild,
-    GetTree,
-    RemoveChild,
-    StopChildren,
-    start_supervised,
-)
+from lessor.supervisor.supervisor import AddChild, GetTree, RemoveChild, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
-from lessor.supervisor.workers import AwaitDone, StopWorkers, WorkerGroup, WorkerSpec
+from lessor.supervisor.workers import GroupOutcome, StopWorkers, WorkerGroup, WorkerSpec
+from lessor.worker import check_spawnable
 
 __all__ = ["Runtime", "ShutdownReport"]
 
 log = logging.getLogger("lessor.runtime")
 
 
-def _ask(ref: pykka.ActorRef[Any], message: Any, timeout: float) -> Any:
-    return ref.ask(message, timeout=timeout)
-
-
-@dataclass(frozen=True)
-class ShutdownReport:
-    """What a shutdown did. ``reclaimed``: leases still out at the deadline; ``killed``:
-    children that did not stop within their shutdown time."""
-
-    reclaimed: tuple[Lease, ...]
-    killed: tuple[str, ...]
-    duration_s: float
-    failure: str | None = None
-
-    @property
-    def clean(self) -> bool:
-        return not self.reclaimed and not self.killed and self.failure is None
-
-
 class Runtime:
     """The supervision tree of this process. Use as a context manager or call ``shutdown``.
 
     Built in the main thread (and with ``handle_signals``), SIGTERM, SIGINT and
-    interpreter exit shut it down gracefully.
+    interpreter exit shut it down gracefully; a second signal during that shutdown
+    stops everything at once.
     """
 
     def __init__(
@@ -90,12 +70,20 @@ class Runtime:
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
         self._pools: dict[str, PoolHandle] = {}
         self._node: Node | None = None
-        self._groups: dict[str, ChildRef] = {}
+        self._outcomes: dict[ChildRef, GroupOutcome] = {}
         self._process_specs: dict[str, PoolSpec] = {}
         self._jobs = itertools.count(1)
-        self._lock = threading.Lock()
+        # Guards the fields above, never held across a wait; re-entrant for signal handlers.
+        self._lock = threading.RLock()
         self._report: ShutdownReport | None = None
+        self._closer: int | None = None  # the thread running the shutdown
+        self._closed = threading.Event()  # the report is made
+        self._hurry = threading.Event()  # skip the drain: stop at once
+        self._from_caller: list[Lease] = []
+        self._pending: tuple[int, Any] | None = None  # a signal that hurried a shutdown
+        self._by_signal = False
         self._failure: BaseException | None = None
+        self._root_gone = False
         self._failed = threading.Event()
         self._root = start_supervised(
             _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False
@@ -121,6 +109,7 @@ class Runtime:
         ``spec.max_total`` (the returned handle leases quota tokens); each worker
         spawned afterwards runs its own pool of the real resources under it.
         """
+        self._check()
         if spec.scope == "process":
             # Workers run the real pools; here lives the global quota they draw on.
             with self._lock:
@@ -142,7 +131,10 @@ class Runtime:
         return child
 
     def pool(self, name: str) -> PoolHandle:
-        return self._pools[name]
+        try:
+            return self._pools[name]
+        except KeyError:
+            raise NoSuchPool(f"no pool named {name!r} in this runtime") from None
 
     # -- worker processes --------------------------------------------------------------
 
@@ -161,7 +153,7 @@ class Runtime:
         target: Callable[..., Any],
         n: int,
         args: tuple[Any, ...] = (),
-        restart: Restart = "permanent",
+        restart: Restart = "transient",
         *,
         name: str | None = None,
         max_restarts: int = 10,
@@ -169,31 +161,45 @@ class Runtime:
     ) -> ChildRef:
         """Start ``n`` supervised worker processes running ``target(*args)``.
 
-        ``target`` must be a module-level function; in it, ``lessor.connect()`` gives
-        the worker its client (``client.pool("name")`` has the in-process lease API).
+        ``target`` must be importable by name (a module-level function) and ``args``
+        must pickle: both are checked here (TypeError). In it, ``lessor.connect()``
+        gives the worker its client (``client.pool("name")``).
+
+        ``restart`` is transient by default because workers are usually batch jobs: a
+        worker that returns has done its work and is not run again (under permanent it
+        would be, for ever); one that fails is restarted. Past ``max_restarts`` within
+        ``max_seconds`` the group stops and is over for good (a temporary child of the
+        root: neither restarted nor escalated); ``join`` raises WorkersFailed.
         """
+        self._check()
+        check_spawnable(target, args)
         name = name or f"workers-{next(self._jobs)}"
         with self._lock:
             pools = dict(self._process_specs)
         spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, pools=pools)
-        group = self.add_child(
-            ChildSpec(name, WorkerGroup, (spec, self.node, self.event_log, f"root/{name}"))
-        )
+        outcome = GroupOutcome()
+        start = (spec, self.node, self.event_log, f"root/{name}")
+        kwargs = {"outcome": outcome, "hurry": self._hurry}
+        group = self.add_child(ChildSpec(name, WorkerGroup, start, kwargs, "temporary"))
         with self._lock:
-            self._groups[name] = group
+            self._outcomes[group] = outcome
         return group
 
     def join(self, workers: ChildRef, timeout: float | None = None) -> bool:
         """Wait until every process of a worker group has exited for good.
 
-        True when they have; False at the timeout. Permanent workers never do.
+        True when they have; False at the timeout (permanent workers never do).
+        Raises WorkersFailed if the group gave up or was stopped first, and
+        RuntimeStopped once the runtime is shutting down.
         """
-        done: ThreadingFuture[Any] = ThreadingFuture()
-        try:
-            workers.current(5.0).tell(AwaitDone(done))
-            done.get(timeout=timeout)
-        except (pykka.Timeout, LessorError):
+        with self._lock:
+            outcome = self._outcomes.get(workers)
+        if outcome is None:
+            raise ValueError(f"{workers.path} is not a worker group of this runtime")
+        if not outcome.wait(timeout):
             return False
+        if outcome.error is not None:
+            raise outcome.error.with_traceback(None)
         return True
 
     def map(
@@ -204,40 +210,44 @@ class Runtime:
         *,
         timeout: float | None = None,
         return_exceptions: bool = False,
+        max_restarts: int = 10,
     ) -> list[Any]:
         """``[fn(item) for item in items]``, computed by ``workers`` worker processes.
 
         Results come back in order. An item that raised is a TaskFailed: raised (the
-        first in order) or, with ``return_exceptions``, put in its place.
+        first in order) or, with ``return_exceptions``, put in its place. If the
+        workers give up (past ``max_restarts`` restarts in 10 s) this raises
+        WorkersFailed; items their workers left undone when they exited are TaskFailed.
         """
+        self._check()
+        check_spawnable(fn, (), "map function")
         job = MapJob(f"map-{next(self._jobs)}", items)
-        node = self.node
-        node.register(job.name, job)
-        try:
-            if job.items:
-                group = self.spawn_workers(
-                    map_worker, min(workers, len(job.items)), (job.name, fn), "transient",
-                    name=job.name,
-                )  # fmt: skip
-                try:
-                    if not job.wait(timeout):
-                        raise TimeoutError(f"{job.name} did not finish in {timeout}s")
-                finally:
-                    with contextlib.suppress(LessorError, pykka.Timeout, pykka.ActorDeadError):
-                        _ask(group.current(0.0), StopWorkers(5.0), 30)  # most have exited
-                    with contextlib.suppress(LessorError, pykka.Timeout):
-                        _ask(self._root, RemoveChild(job.name), 60)
-                    with self._lock:
-                        self._groups.pop(job.name, None)
-        finally:
-            node.unregister(job.name)
-            job.close()
-        results = list(job.results)
-        for index, error in sorted(job.failed.items()):
-            if not return_exceptions:
-                raise error
-            results[index] = error
-        return results
+
+        def spawn(n: int) -> tuple[ChildRef, GroupOutcome]:
+            group = self.spawn_workers(
+                map_worker, n, (job.name, fn), name=job.name, max_restarts=max_restarts
+            )
+            with self._lock:
+                return group, self._outcomes[group]
+
+        def stop(group: ChildRef) -> None:
+            self.stop_workers(group)
+            with self._lock:
+                self._outcomes.pop(group, None)
+
+        return run_map(job, self.node, spawn, stop, workers, timeout, return_exceptions)
+
+    def stop_workers(self, workers: ChildRef, timeout: float = 5.0) -> list[str]:
+        """Drain a worker group, give it ``timeout`` seconds, kill what is left, remove it.
+
+        Answered with the ids of the workers that had to be killed.
+        """
+        killed: list[str] = []
+        with contextlib.suppress(LessorError):
+            killed = _ask(workers.current(0.0), StopWorkers(timeout), timeout + 30, workers.path)
+        with contextlib.suppress(LessorError):
+            _ask(self._root, RemoveChild(workers.id), 60)
+        return killed
 
     def tree(self) -> dict[str, Any]:
         """The live tree: id, kind, state, restarts, uptime and children of every node."""
@@ -259,96 +269,106 @@ class Runtime:
         return self._failed.wait(timeout)
 
     def _root_exited(self, reason: BaseException | None) -> None:
-        if reason is None or self._report is not None:
+        if reason is None:  # stopped by us, or by someone else (ActorRegistry.stop_all)
+            self._root_gone = self._closer is None
             return
         self._failure = reason
         self._failed.set()
-        # Stop what is left from another thread: the root's own thread is ending.
-        threading.Thread(target=self.shutdown, args=(0.0,), name="lessor-root-failed").start()
+        if self._closer is None:  # stop what is left, from another thread: this one ends
+            threading.Thread(target=self.shutdown, args=(0.0,), name="lessor-root-failed").start()
 
     def _check(self) -> None:
         if self._failure is not None:
             raise SupervisorGaveUp(f"the runtime stopped: {self._failure}") from self._failure
-        if self._report is not None:
-            raise LessorError("the runtime was shut down")
+        if self._closer is not None:
+            raise RuntimeStopped("the runtime was shut down")
+        if self._root_gone:
+            raise RuntimeStopped("the runtime's root supervisor stopped")
 
     # -- shutdown ----------------------------------------------------------------------
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         """Drain, reclaim at the deadline, stop children in reverse order. Idempotent.
 
-        1. Pools refuse new Acquires (ShuttingDown); workers are told to Drain.
+        1. Pools refuse new Acquires (ShuttingDown); the caller's own leases are
+           taken back (listed in the report); workers are told to Drain.
         2. Until the deadline, holders release and workers exit.
         3. At the deadline, leases still out are reclaimed (listed in the report) and
            workers still running get SIGTERM, then SIGKILL (listed as killed).
         4. The tree stops in reverse start order, each child within its shutdown time.
+
+        A call from another thread meanwhile waits for this one and returns its report.
+        A signal meanwhile skips what is left of the drain and of the grace periods.
         """
+        me = threading.get_ident()
         with self._lock:
-            if self._report is not None:
-                return self._report
-            began = time.monotonic()
-            deadline = began + (self.shutdown_timeout if timeout is None else timeout)
-            pools = [ref for ref in (self._live(h) for h in self._pools.values()) if ref]
-            groups = [ref for ref in (self._live(g) for g in self._groups.values()) if ref]
-            for pool in pools:
-                pool.tell(BeginDrain())
-            waits: list[Any] = [
-                group.ask(StopWorkers(deadline - began, kill=False), block=False)
-                for group in groups
-            ]
-            for pool in pools:
-                drained: ThreadingFuture[Any] = ThreadingFuture()
-                pool.tell(AwaitDrained(drained))
-                waits.append(drained)
-            for wait in waits:  # step 2: everyone has until the deadline
-                with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
-                    wait.get(timeout=max(0.0, deadline - time.monotonic()))
-            reclaimed: list[Lease] = []
-            for pool in pools:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    reclaimed += _ask(pool, ReclaimAll("shutdown deadline"), 5)
-            killed: list[str] = []
-            for group in groups:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    killed += _ask(group, StopWorkers(0.0), 30)
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                killed += _ask(self._root, StopChildren(), max(60.0, timeout or 0))
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                self._root.stop(block=True, timeout=5)
+            report, closer = self._report, self._closer
+            if report is None and closer is None:
+                self._closer = me
+        if report is not None:
+            return report
+        if closer is None:
+            report = self._close(timeout)
+            pending, self._pending = self._pending, None
+            if pending is not None and not self._by_signal:
+                deliver(*pending)  # a signal hurried this shutdown: it is due now
+            return report
+        if closer == me:  # re-entered on the thread that is shutting down
+            self._hurry.set()
+            raise RuntimeStopped("a shutdown is under way on this thread; it is hurried now")
+        with self._lock:
+            handles = list(self._pools.values())
+        taken = reclaim_holder(live(handles), current_holder())  # or they would wait for us
+        with self._lock:
+            self._from_caller += taken
+        self._closed.wait()
+        assert self._report is not None
+        return self._report
+
+    def _close(self, timeout: float | None) -> ShutdownReport:
+        if self._report is not None:  # a signal handler ran one while we were deciding
+            return self._report
+        began = time.monotonic()
+        deadline = began + (self.shutdown_timeout if timeout is None else timeout)
+        reclaimed: list[Lease] = []
+        from_caller: list[Lease] = []
+        killed: list[str] = []
+        try:
+            log.info("shutting down: draining for up to %.3gs", deadline - began)
+            with self._lock:
+                handles, outcomes = list(self._pools.values()), dict(self._outcomes)
+            for outcome in outcomes.values():  # whoever waits on workers: this is the end
+                outcome.fail(RuntimeStopped("the runtime shut down before the workers finished"))
+            groups = list(outcomes)
+            reclaimed, from_caller, killed = drain(
+                self._root, live(handles), live(groups), deadline, self._hurry, current_holder()
+            )
             if self._node is not None:
                 self._node.close()
             self._restore_signals()
-            failure = self._failure
-            self._report = ShutdownReport(
-                tuple(reclaimed),
-                tuple(killed),
-                round(time.monotonic() - began, 3),
-                None if failure is None else f"{type(failure).__name__}: {failure}",
-            )
-            log.info(
-                "shutdown in %.3fs: %d leases reclaimed, killed %s",
-                self._report.duration_s,
-                len(reclaimed),
-                list(killed),
-            )
-            return self._report
+        finally:
+            with self._lock:
+                from_caller += self._from_caller  # and those of callers that came meanwhile
+                report = make_report(began, reclaimed, killed, self._failure, from_caller)
+                self._report = report
+            self._closed.set()
+        return report
 
-    @staticmethod
-    def _live(node: PoolHandle | ChildRef) -> pykka.ActorRef[Any] | None:
-        try:
-            return node.current_ref(0.0) if isinstance(node, PoolHandle) else node.current(0.0)
-        except LessorError:
-            return None
+    # -- signals -----------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         previous = self._signals.get(signum)
+        if self._closer is not None and self._report is None:  # a shutdown is under way
+            self._hurry.set()
+            log.warning("%s during shutdown: stopping at once", signal.Signals(signum).name)
+            if self._closer == threading.get_ident():
+                # It is the shutdown this handler interrupted: it goes on, hurried, and
+                # the signal takes effect once it is done.
+                self._pending = self._pending or (signum, previous)
+                return
+        self._by_signal = True
         self.shutdown()
-        if callable(previous):
-            previous(signum, frame)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:
-            raise SystemExit(128 + signum)
+        deliver(signum, previous)
 
     def _restore_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -47,7 +47,12 @@ class RemoveChild:
 
 @dataclass(frozen=True, slots=True)
 class StopChildren:
-    """Stop every child in reverse start order; answered with the ids that had to be killed."""
+    """Stop every child in reverse start order; answered with the ids that had to be killed.
+
+    ``within`` caps each child's shutdown time (a hurried shutdown).
+    """
+
+    within: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +115,9 @@ class Supervisor(pykka.ThreadingActor):
     def on_failure(self, *_exc: Any) -> None:
         self._stop_all()
 
-    def _stop_all(self) -> None:
+    def _stop_all(self, within: float | None = None) -> None:
         for child in reversed(self.children):
-            self._stop_child(child)
+            self._stop_child(child, within)
         if self._timer is not None:
             self._timer.close()
 
@@ -130,7 +135,7 @@ class Supervisor(pykka.ThreadingActor):
                 self._stop_child(child)
                 self.children.remove(child)
         elif isinstance(message, StopChildren):
-            self._stop_all()
+            self._stop_all(message.within)
             return list(self.killed)
         elif isinstance(message, _RestartDue):
             self._restart_due()
@@ -189,7 +194,7 @@ class Supervisor(pykka.ThreadingActor):
         child.set_state(ChildState.RUNNING, ref)
         self.events.emit("started", child.path, f"incarnation {incarnation}")
 
-    def _stop_child(self, child: ChildRef) -> None:
+    def _stop_child(self, child: ChildRef, within: float | None = None) -> None:
         ref = child.ref
         if child.state in (ChildState.STOPPED, ChildState.STOPPING) or ref is None:
             child.set_state(ChildState.STOPPED)
@@ -201,7 +206,8 @@ class Supervisor(pykka.ThreadingActor):
             if killed:
                 ref.stop(block=False)
             else:
-                ref.stop(block=True, timeout=float(shutdown))
+                wait = float(shutdown) if within is None else min(float(shutdown), within)
+                ref.stop(block=True, timeout=wait)
         except pykka.Timeout:
             killed = True
         except pykka.ActorDeadError:

@@ -4,47 +4,65 @@ Each process is watched by a thread blocked on its sentinel (``join``), so a dea
 is known the moment the kernel reports it, not by a heartbeat. A dead worker's
 connection is dropped at once, which reclaims its leases and drops its waiters.
 Exits are restarted by restart type (permanent, transient, temporary) within the
-group's restart intensity; past it the group stops its workers and fails, which
-escalates to its supervisor like any other child.
+group's restart intensity; past it the group stops its workers and fails with
+:class:`WorkersFailed`, carrying the last worker's traceback. The Runtime adds
+groups as temporary children, so a group that gave up is over for good: it is
+not restarted and does not take its supervisor down.
+
+How the group ended is kept in its :class:`GroupOutcome` (finished, or why not),
+which ``Runtime.join`` and ``Runtime.map`` wait on without asking the actor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import pykka
 
-from lessor.errors import SupervisorGaveUp
+from lessor.errors import LessorError, WorkersFailed
 from lessor.messages import Drain
 from lessor.node import Node
 from lessor.specs import Restart, _nonempty, _positive, _require
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import RestartIntensity
-from lessor.worker import run_worker
+from lessor.worker import ENV_TRACEBACK, Spawned, run_worker
 
-__all__ = ["AwaitDone", "StopWorkers", "WorkerGroup", "WorkerSpec"]
+__all__ = ["GroupOutcome", "StopWorkers", "WorkerGroup", "WorkerSpec"]
 
 #: After SIGTERM, how long a worker gets before SIGKILL.
 TERM_GRACE = 1.0
+#: How long the Drain push may wait for room in a worker's socket (it is not a hint).
+DRAIN_PUSH_WAIT = 0.2
+#: The longest a wait goes without looking at the hurry event.
+SLICE = 0.05
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """``n`` processes running ``target(*args)``; ``target`` must be a module-level function."""
+    """``n`` processes running ``target(*args)``; ``target`` must be a module-level function.
+
+    ``restart`` defaults to transient: a worker that returns is done, one that fails
+    is restarted (permanent would run a finished batch job again, for ever).
+    """
 
     id: str
     target: Callable[..., Any]
     n: int = 1
     args: tuple[Any, ...] = ()
-    restart: Restart = "permanent"
+    restart: Restart = "transient"
     max_restarts: int = 10
     max_seconds: float = 10.0
     env: dict[str, str] = field(default_factory=dict)
@@ -74,11 +92,47 @@ class StopWorkers:
     kill: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class AwaitDone:
-    """``reply`` is answered once every worker has exited for good (transient/temporary)."""
+class GroupOutcome:
+    """How one worker group ended; settled once, and readable by anyone without asking it.
 
-    reply: Any
+    ``finished``: every worker exited for good. ``error``: why it ended first instead
+    (WorkersFailed when it gave up, could not start or was stopped; RuntimeStopped
+    when its runtime shut down).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settled = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self.finished = False
+        self.error: LessorError | None = None
+
+    def finish(self) -> None:
+        self._settle(lambda: setattr(self, "finished", True))
+
+    def fail(self, error: LessorError) -> None:
+        self._settle(lambda: setattr(self, "error", error))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._settled.wait(timeout)
+
+    def when_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once settled (now, if it already is)."""
+        with self._lock:
+            if not self._settled.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _settle(self, record: Callable[[], None]) -> None:
+        with self._lock:
+            if self._settled.is_set():
+                return
+            record()
+            self._settled.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,34 +152,63 @@ class _Slot:
 
 
 class WorkerGroup(pykka.ThreadingActor):
-    """Supervises the processes of one WorkerSpec."""
+    """Supervises the processes of one WorkerSpec.
+
+    ``hurry``, once set, cuts every wait short: stragglers are SIGKILLed at once
+    (a second Ctrl-C during a shutdown).
+    """
 
     lessor_kind = "workers"
     use_daemon_thread = True
 
-    def __init__(self, spec: WorkerSpec, node: Node, events: EventLog, path: str = "") -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        node: Node,
+        events: EventLog,
+        path: str = "",
+        *,
+        outcome: GroupOutcome | None = None,
+        hurry: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.node = node
         self.events = events
         self.path = path or spec.id
+        self.outcome = outcome or GroupOutcome()
+        self.hurry = hurry or threading.Event()
         self.slots = [_Slot(i) for i in range(spec.n)]
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._watchers: list[threading.Thread] = []
-        self._done_replies: list[Any] = []
+        self._tracebacks = ""  # a private directory the workers leave tracebacks in
+        self.last_traceback = ""
         self.exit_codes: list[int | None] = []
 
     def on_start(self) -> None:
-        for slot in self.slots:
-            self._spawn(slot)
+        # In the node's private directory: gone with it, even if this group never ends.
+        where = os.path.dirname(self.node.address)
+        self._tracebacks = tempfile.mkdtemp(prefix="tracebacks-", dir=where)
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+        except Exception as exc:  # pykka calls neither on_failure nor on_stop after this
+            self._end(_failed(self.path, exc))
+            raise
 
     def on_stop(self) -> None:
-        self._stop_all(0.0)
+        self._end(None)
 
-    def on_failure(self, *_: Any) -> None:
+    def on_failure(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self._end(_failed(self.path, exc))
+
+    def _end(self, failure: WorkersFailed | None) -> None:
         self._stop_all(0.0)
+        shutil.rmtree(self._tracebacks, ignore_errors=True)
+        stopped = WorkersFailed(f"{self.path} was stopped before its workers finished")
+        self.outcome.fail(failure or stopped)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Exited):
@@ -133,10 +216,6 @@ class WorkerGroup(pykka.ThreadingActor):
             return None
         if isinstance(message, StopWorkers):
             return self._stop_all(message.timeout, message.kill)
-        if isinstance(message, AwaitDone):
-            self._done_replies.append(message.reply)
-            self._answer_done()
-            return None
         if message == "pids":
             return [s.process.pid for s in self.slots if s.process is not None and not s.done]
         if message == "status":
@@ -156,13 +235,24 @@ class WorkerGroup(pykka.ThreadingActor):
     def _spawn(self, slot: _Slot) -> None:
         slot.incarnation += 1
         slot.worker_id = f"{self.path}.{slot.index}.{slot.incarnation}"
-        env = {**self.spec.env, **self.node.env(slot.worker_id)}
+        env = {**self.spec.env, **self.node.env(slot.worker_id),
+               ENV_TRACEBACK: self._traceback_path(slot)}  # fmt: skip
         process = self._ctx.Process(
             target=run_worker,
-            args=(self.spec.target, self.spec.args, env, self.spec.pools),
+            args=(Spawned(self.spec.target, self.spec.args), env, self.spec.pools),
             name=f"lessor-{slot.worker_id}",
         )
-        process.start()
+        # SIGINT stays blocked in the new process until run_worker ignores it: a Ctrl-C
+        # while it starts up must not kill it either. (Starting the resource tracker
+        # unblocks SIGINT in this thread: it must be running before we block it.)
+        resource_tracker.ensure_running()
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        assert process.pid is not None
+        self.node.bind_pid(slot.worker_id, process.pid)
         slot.process = process
         me, incarnation = self.actor_ref, slot.incarnation
 
@@ -177,6 +267,19 @@ class WorkerGroup(pykka.ThreadingActor):
         self._watchers = [w for w in self._watchers if w.is_alive()] + [watcher]
         self.events.emit("started", slot.worker_id, f"pid {process.pid}")
 
+    def _traceback_path(self, slot: _Slot) -> str:
+        return os.path.join(self._tracebacks, f"{slot.index}.{slot.incarnation}")
+
+    def _read_traceback(self, slot: _Slot) -> str:
+        path = self._traceback_path(slot)
+        try:
+            with open(path) as left:
+                text = left.read()
+            os.unlink(path)
+        except OSError:
+            return ""
+        return text
+
     def _on_exit(self, message: _Exited) -> None:
         slot = self.slots[message.slot]
         process = slot.process
@@ -185,69 +288,85 @@ class WorkerGroup(pykka.ThreadingActor):
         self.node.disconnect(slot.worker_id)  # reclaim now, even if the socket lingers
         code = process.exitcode
         self.exit_codes.append(code)
+        self.last_traceback = self._read_traceback(slot) or self.last_traceback
         abnormal = code != 0
         self.events.emit("failed" if abnormal else "exited", slot.worker_id, f"exit code {code}")
         restart = self.spec.restart
         if restart == "temporary" or (restart == "transient" and not abnormal):
             slot.done = True
             self.events.emit("removed", slot.worker_id, restart)
-            self._answer_done()
+            if all(s.done for s in self.slots):
+                self.outcome.finish()
             return
         if not self.intensity.add(time.monotonic()):
             self.events.emit("gave_up", self.path, f"{self.intensity.recent} worker restarts")
             self._stop_all(0.0)
-            raise SupervisorGaveUp(f"{self.path}: workers keep dying (last exit code {code})")
+            raise WorkersFailed(
+                f"{self.path}: workers keep failing ({self.intensity.recent} restarts within "
+                f"{self.spec.max_seconds:g}s, max_restarts={self.spec.max_restarts}); "
+                f"last exit code {code}",
+                worker_traceback=self.last_traceback,
+                exit_code=code,
+            )
         slot.restarts += 1
         self._spawn(slot)
         self.events.emit("restarted", slot.worker_id, f"restart {slot.restarts}")
 
-    def _answer_done(self) -> None:
-        if self._done_replies and all(slot.done for slot in self.slots):
-            for reply in self._done_replies:
-                reply.set(None)
-            self._done_replies.clear()
-
     def _stop_all(self, timeout: float, kill: bool = True) -> list[str]:
         """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent.
 
+        Once ``hurry`` is set, no wait goes on: the stragglers are SIGKILLed at once.
         Only the watcher threads reap (``join``): two threads in ``waitpid`` on one
         child race, and the loser sees no exit code. Here we wait on sentinels.
         """
         self._stopping = True
-        live = [s for s in self.slots if s.process is not None and not _ended(s.process, 0)]
-        deadline = time.monotonic() + timeout
-        for slot in live:
-            self.node.push(slot.worker_id, Drain(timeout))
-        for slot in live:
-            assert slot.process is not None
-            _ended(slot.process, deadline - time.monotonic())
+        live = [(s.worker_id, s.process) for s in self.slots if s.process is not None]
+        live = [(worker_id, p) for worker_id, p in live if not _ended(p, 0)]
+        for worker_id, _ in live:
+            self.node.push(worker_id, Drain(timeout), wait=min(timeout, DRAIN_PUSH_WAIT))
+        self._await([p for _, p in live], time.monotonic() + timeout)
         if not kill:
             return []
-        forced = [s for s in live if s.process is not None and not _ended(s.process, 0)]
-        for slot in forced:
-            assert slot.process is not None
-            slot.process.terminate()
-        grace = time.monotonic() + TERM_GRACE
-        for slot in forced:
-            assert slot.process is not None
-            if not _ended(slot.process, grace - time.monotonic()):
-                slot.process.kill()
-                _ended(slot.process, 5.0)
+        forced = [(worker_id, p) for worker_id, p in live if not _ended(p, 0)]
+        if not self.hurry.is_set():
+            for _, process in forced:
+                process.terminate()
+            self._await([p for _, p in forced], time.monotonic() + TERM_GRACE)
+        for _, process in forced:
+            if not _ended(process, 0):
+                process.kill()
+                _ended(process, 5.0)
         for watcher in self._watchers:
             if watcher is not threading.current_thread():
                 watcher.join(5)  # it reaps its process
-        for slot in forced:
-            assert slot.process is not None
-            self.events.emit("killed", slot.worker_id, f"exit code {slot.process.exitcode}")
+        for worker_id, process in forced:
+            self.events.emit("killed", worker_id, f"exit code {process.exitcode}")
         for slot in self.slots:
             if slot.process is not None:
                 self.node.disconnect(slot.worker_id)
                 with contextlib.suppress(ValueError):  # only if it would not die at all
                     slot.process.close()
                 slot.process = None
-        return [s.worker_id for s in forced]
+        return [worker_id for worker_id, _ in forced]
+
+    def _await(self, processes: list[BaseProcess], deadline: float) -> None:
+        """Wait until they have all exited, the deadline passes, or ``hurry`` is set."""
+        while not self.hurry.is_set():
+            left = [p.sentinel for p in processes if not _ended(p, 0)]
+            now = time.monotonic()
+            if not left or now >= deadline:
+                return
+            mp_wait(left, min(SLICE, deadline - now))
 
 
 def _ended(process: BaseProcess, timeout: float) -> bool:
     """Whether the process has exited, waiting up to ``timeout`` (without reaping it)."""
     return bool(mp_wait([process.sentinel], max(0.0, timeout)))
+
+
+def _failed(path: str, exc: BaseException | None) -> WorkersFailed:
+    if isinstance(exc, WorkersFailed):
+        return exc
+    error = WorkersFailed(f"{path}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
