@@ -24,9 +24,10 @@ from lessor import (
     TokenFactory,
     bind_actor,
 )
-from lessor.actors.pool import PoolLineage
+from lessor.actors.pool import PoolActor, PoolLineage
 from tests.actors import Borrower, CrashablePool
 from tests.conftest import wait_until
+from tests.test_pool_actor import FakeClock, renewal_outlives_its_first_expiry
 
 RECLAIM_BOUND = 0.5  # seconds from a holder's death to its lease being back (measured: ~1 ms)
 
@@ -121,12 +122,14 @@ def test_lease_block_that_outlives_its_ttl_raises_expired_on_exit(runtime: Runti
 
 
 def test_renew_extends_a_supervised_lease(runtime: Runtime) -> None:
-    pool = runtime.add_pool(PoolSpec("p", TokenFactory(), max_size=1, lease_ttl=0.2))
-    lease = pool.acquire(timeout=1)
-    pool.renew(lease, 30)
-    time.sleep(0.3)  # past the original ttl: the lease must still be held
-    assert (pool.stats().expired, pool.stats().leased) == (0, 1)
-    pool.release(lease)
+    clock = FakeClock()
+    spec = PoolSpec("p", TokenFactory(), max_size=2)
+    child = runtime.add_child(
+        ChildSpec("p", PoolActor, (spec,), {"lineage": PoolLineage(), "clock": clock})
+    )
+    pool = PoolHandle(child, spec)
+    assert renewal_outlives_its_first_expiry(pool, clock) == (1, 1)
+    assert (pool.stats().leased, pool.stats().expired) == (0, 1)
 
 
 def crashable(runtime: Runtime, spec: PoolSpec) -> PoolHandle:

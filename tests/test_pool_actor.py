@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +29,10 @@ from lessor import (
     UnknownLease,
     start_pool,
 )
+from lessor.actors.pool import PoolActor
+from lessor.core.pool import PoolCore
 from tests.conftest import wait_until
-from tests.holds import assert_exclusive
+from tests.overlap import Markers, assert_exclusive, hammer_with_checks
 
 StartPool = Callable[..., PoolHandle]
 
@@ -312,45 +315,81 @@ def test_expired_lease_is_reclaimed_and_destroyed(start: StartPool) -> None:
     pool.release(fresh)
 
 
-def test_renew_keeps_a_lease_alive(start: StartPool) -> None:
-    pool = start(max_size=1, lease_ttl=0.2)
-    lease = pool.acquire(timeout=1)
+class FakeClock:
+    """A pool's clock that moves only when told (the timer thread polls it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_clock_pool(clock: FakeClock, **fields: Any) -> PoolHandle:
+    spec = PoolSpec(**{"name": "p", "factory": TokenFactory(), **fields})
+    return PoolHandle(PoolActor.start(spec, clock=clock), spec)
+
+
+def renewal_outlives_its_first_expiry(pool: PoolHandle, clock: FakeClock) -> tuple[int, int]:
+    """Renew one of two leases due at the same instant; once the other expires, count.
+
+    On the pool's frozen clock both fall due at once, so the tick that reclaims the
+    witness also reclaims a renewal that did not stick. Returns (expired, leased).
+    """
+    ttl = 0.05  # the timer wakes every ttl (real seconds) to read the clock again
+    lease = pool.acquire(timeout=60, ttl=ttl)
+    witness = pool.acquire(timeout=60, ttl=ttl)
+    assert lease.expires_at == witness.expires_at
     renewed = pool.renew(lease, 30)
-    assert renewed.id == lease.id
-    assert renewed.expires_at is not None and lease.expires_at is not None
-    assert renewed.expires_at > lease.expires_at
-    time.sleep(0.3)  # past the original ttl: nothing is reclaimed
-    assert pool.stats().expired == 0
-    pool.release(renewed)
-
-
-def test_sixteen_threads_never_share_a_resource(start: StartPool) -> None:
-    pool = start(max_size=3)
-    holds: dict[Any, list[tuple[float, float]]] = defaultdict(list)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def hammer() -> None:
-        try:
-            for _ in range(150):
-                lease = pool.acquire(timeout=10)
-                began = time.monotonic()
-                ended = time.monotonic()
-                with lock:
-                    holds[lease.resource].append((began, ended))
-                pool.release(lease)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
-    assert len(holds) <= 3
-    assert sum(len(v) for v in holds.values()) == 16 * 150
-    assert_exclusive(holds, limit=3)
+    assert renewed.id == lease.id and renewed.expires_at == clock.now + 30
+    clock.now += 1.0  # past the first expiry, long before the renewed one
+    assert wait_until(lambda: pool.stats().expired >= 1, timeout=10)  # the witness
     stats = pool.stats()
-    assert stats.idle == stats.size <= 3
+    if stats.leased:
+        pool.ask(Release(renewed.id))  # asked: an ExpiredLease would be raised here
+    return stats.expired, stats.leased
+
+
+def test_renew_keeps_a_lease_alive() -> None:
+    clock = FakeClock()
+    pool = fake_clock_pool(clock, max_size=2)
+    try:
+        assert renewal_outlives_its_first_expiry(pool, clock) == (1, 1)
+        stats = pool.stats()
+        assert (stats.expired, stats.released, stats.leased, stats.idle) == (1, 1, 0, 2)
+    finally:
+        pool.stop(timeout=5)
+
+
+def test_the_renew_check_fails_when_a_renewal_does_not_stick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutant: the pool answers Renew with the later expiry but keeps the old one."""
+
+    def renew_but_forget(
+        self: PoolCore, now: float, lease_id: str, holder: str, ttl: float
+    ) -> Lease:
+        slot = self._leased[lease_id]
+        assert slot.lease is not None
+        return replace(slot.lease, expires_at=now + ttl)
+
+    monkeypatch.setattr(PoolCore, "renew", renew_but_forget)
+    clock = FakeClock()
+    pool = fake_clock_pool(clock, max_size=2)
+    try:
+        assert renewal_outlives_its_first_expiry(pool, clock) == (2, 0)
+    finally:
+        pool.stop(timeout=5)
+
+
+def test_sixteen_threads_never_share_a_resource(start: StartPool, tmp_path: Path) -> None:
+    pool = start(max_size=3)
+    outcome = hammer_with_checks(pool, Markers(tmp_path), threads=16, pairs=150)
+    assert outcome.errors == []
+    assert outcome.markers == [] and outcome.intervals.overlaps() == 0
+    assert outcome.intervals.count == 16 * 150
+    assert set(outcome.intervals.holds) == {0, 1, 2}
+    assert_exclusive(outcome.intervals.holds, limit=3)
+    stats = pool.stats()
+    assert (stats.idle, stats.size, stats.leased, stats.reclaimed) == (3, 3, 0, 0)
     assert stats.acquired == stats.released == 16 * 150

@@ -9,22 +9,42 @@ from typing import Any
 
 import lessor
 from lessor import DoubleRelease
+from tests.overlap import IntervalLog, Markers, ParksAndReleases, hold
 
 
-def pairs(pool: str, n: int, log_dir: str, cache: bool = False) -> None:
-    """Do n Acquire/Release pairs, appending each hold interval to a per-worker file.
+def pairs(
+    pool: str,
+    n: int,
+    log_dir: str,
+    cache: bool = False,
+    marker_dir: str | None = None,
+    mutant: bool = False,
+) -> None:
+    """Do n Acquire/Release pairs, each holding its resource a random 0-200 µs.
 
-    Uncached unless asked: every pair is a round trip to the pool.
+    Each hold is marked for the overlap checker (in ``marker_dir``, if given) and
+    logged to a per-worker file as ``resource began ended lease_id``. Uncached unless
+    asked: every pair is a round trip to the pool. ``mutant`` borrows through a
+    handle broken on purpose (:class:`ParksAndReleases`), for the checker's own tests.
     """
     client = lessor.connect()
     slots = client.pool(pool, cache=cache)
+    if mutant:
+        slots = ParksAndReleases(client.pool(pool, cache=False))
+    markers = Markers(marker_dir) if marker_dir else None
     path = os.path.join(log_dir, f"{os.getpid()}.log")
     with open(path, "a") as log:
         for _ in range(n):
-            with slots.lease(timeout=30) as slot:
-                began = time.monotonic()
-                ended = time.monotonic()
-            log.write(f"{slot} {began!r} {ended!r}\n")
+            lease = slots.acquire(timeout=30)
+            began = time.monotonic()
+            if markers is None:
+                hold()
+            else:
+                with markers.holding(lease.resource, since=lease.granted_at):
+                    pass
+            ended = time.monotonic()
+            slots.release(lease)
+            log.write(f"{lease.resource} {began!r} {ended!r} {lease.id}\n")
 
 
 def hold_forever(pool: str, count: int, ready_dir: str) -> None:
@@ -99,12 +119,16 @@ def threads_share_one_client(pool: str, out_dir: str, cache: bool = False) -> No
     waiter.join()
     slots.release(got[0])
     errors: list[BaseException] = []
+    ids: set[str] = {first.id, got[0].id}
+    intervals = IntervalLog()
 
     def hammer() -> None:
         try:
             for _ in range(300):
-                with slots.lease(timeout=30):
-                    pass
+                lease = slots.acquire(timeout=30)
+                with intervals.holding(lease.resource):
+                    ids.add(lease.id)
+                slots.release(lease)
         except BaseException as exc:
             errors.append(exc)
 
@@ -114,20 +138,32 @@ def threads_share_one_client(pool: str, out_dir: str, cache: bool = False) -> No
     for t in threads:
         t.join()
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
-        out.write(f"{got[0].resource == first.resource} {len(errors)} {slots.stats().acquired}")
+        out.write(
+            f"{got[0].resource == first.resource} {len(errors)} {slots.stats().acquired} "
+            f"{len(ids)} {intervals.count} {intervals.overlaps()}"
+        )
 
 
-def cached_pairs(pool: str, n: int, log_dir: str, hold_s: float = 0.0) -> None:
-    """Like ``pairs``, through a caching handle: parked leases are reused locally."""
+def cached_pairs(
+    pool: str, n: int, log_dir: str, hold_s: float | None = None, marker_dir: str | None = None
+) -> None:
+    """Like ``pairs``, through a caching handle: parked leases are reused locally.
+
+    Each hold lasts ``hold_s`` (the work done with the resource), or a random 0-200 µs.
+    """
     client = lessor.connect()
     slots = client.pool(pool, cache=True)
+    markers = Markers(marker_dir) if marker_dir else None
     path = os.path.join(log_dir, f"{os.getpid()}.log")
     with open(path, "a") as log:
         for _ in range(n):
             lease = slots.acquire(timeout=30)
             began = time.monotonic()
-            if hold_s:
-                time.sleep(hold_s)  # the work done with the resource
+            if markers is None:
+                hold(hold_s)
+            else:
+                with markers.holding(lease.resource, since=lease.granted_at, seconds=hold_s):
+                    pass
             ended = time.monotonic()
             slots.release(lease)
             log.write(f"{lease.resource} {began!r} {ended!r} {lease.id}\n")
