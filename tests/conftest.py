@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -22,6 +23,21 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.002)
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run fn in a thread; its result or exception lands in the returned list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
 
 
 def _ours(process: psutil.Process) -> bool:

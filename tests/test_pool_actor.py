@@ -31,7 +31,7 @@ from lessor import (
 )
 from lessor.actors.pool import PoolActor
 from lessor.core.pool import PoolCore
-from tests.conftest import wait_until
+from tests.conftest import in_thread, wait_until
 from tests.overlap import Markers, assert_exclusive, hammer_with_checks
 
 StartPool = Callable[..., PoolHandle]
@@ -51,21 +51,6 @@ def start() -> Iterator[StartPool]:
     for handle in handles:
         if handle.actor_ref.is_alive():
             handle.stop(timeout=5)
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run fn in a thread; its result or exception lands in the returned list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 def test_acquire_release_and_lease_context(start: StartPool) -> None:

@@ -31,7 +31,7 @@ from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolErr
 from lessor.messages import Acquire, ErrorReply, GetStats, Hello, Lease, Message, Release
 from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, Node
 from lessor.wire import Kind
-from tests.conftest import wait_until
+from tests.conftest import in_thread, wait_until
 
 WAIT = 5.0  # seconds any event below may take before the test gives up on it
 
@@ -118,21 +118,6 @@ def raw(node: Node, worker_id: str, key: bytes | None = None, pid: int = 1) -> m
         assert isinstance(answer, ErrorReply)
         raise ProtocolError(answer.text)
     return conn
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``fn`` in a thread; the list gets what it returned or raised."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 # -- 1. the reply contract ---------------------------------------------------------------
