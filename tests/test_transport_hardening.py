@@ -103,6 +103,18 @@ def connect(node: Node, worker_id: str, made: list[Client], key: bytes | None = 
     return client
 
 
+def asked(
+    node: Node, fake: FakePool, clients: list[Client], worker_id: str = "w", **ask: Any
+) -> tuple[Client, threading.Thread, list[Any], Any, str]:
+    """A worker's Acquire (``timeout`` 10 s) waiting in the fake pool: its client, thread,
+    outcome list, reply and holder."""
+    client = connect(node, worker_id, clients)
+    timeout = ask.pop("acquire_timeout", 10.0)
+    thread, out = in_thread(lambda: client.ask("p", Acquire("p", timeout), **ask))
+    _, reply, holder = fake.asks.get(timeout=WAIT)
+    return client, thread, out, reply, holder
+
+
 def raw(node: Node, worker_id: str, key: bytes | None = None, pid: int = 1) -> mpc.Connection:
     """A connection that speaks the handshake by hand: HELLO first, then both challenges."""
     if key is None:
@@ -126,9 +138,7 @@ def raw(node: Node, worker_id: str, key: bytes | None = None, pid: int = 1) -> m
 def test_a_reply_to_a_worker_that_hung_up_is_refused_and_never_calls_back(
     node: Node, fake: FakePool, clients: list[Client]
 ) -> None:
-    client = connect(node, "w", clients)
-    thread, out = in_thread(lambda: client.ask("p", Acquire("p", 10.0)))
-    _, reply, holder = fake.asks.get(timeout=WAIT)
+    client, thread, out, reply, holder = asked(node, fake, clients)
     client.close()
     thread.join(WAIT)
     assert isinstance(out[0], ActorStopped)
@@ -141,9 +151,7 @@ def test_a_reply_to_a_worker_that_hung_up_is_refused_and_never_calls_back(
 def test_set_set_exception_and_cancel_claim_a_reply_once(
     node: Node, fake: FakePool, clients: list[Client]
 ) -> None:
-    client = connect(node, "w", clients)
-    thread, out = in_thread(lambda: client.ask("p", Acquire("p", 10.0)))
-    _, reply, holder = fake.asks.get(timeout=WAIT)
+    client, thread, out, reply, holder = asked(node, fake, clients)
     lease = fake.lease(holder)
     assert reply.set(lease) is True
     thread.join(WAIT)
@@ -165,9 +173,7 @@ def test_set_set_exception_and_cancel_claim_a_reply_once(
 def test_an_answer_that_cannot_be_encoded_fails_that_request_at_once(
     node: Node, fake: FakePool, clients: list[Client]
 ) -> None:
-    client = connect(node, "w", clients)
-    thread, out = in_thread(lambda: client.ask("p", Acquire("p", 30.0)))
-    _, reply, holder = fake.asks.get(timeout=WAIT)
+    _, thread, out, reply, holder = asked(node, fake, clients, acquire_timeout=30.0)
     began = time.monotonic()
     assert reply.set(fake.lease(holder, resource=object())) is False  # the pool keeps it
     thread.join(WAIT)
@@ -199,9 +205,7 @@ def test_a_grant_that_loses_to_the_cancel_goes_back_through_the_target_only(
 def test_a_late_grant_the_worker_gave_up_on_is_given_back_by_the_worker(
     node: Node, fake: FakePool, clients: list[Client]
 ) -> None:
-    client = connect(node, "w", clients)
-    thread, out = in_thread(lambda: client.ask("p", Acquire("p", 10.0), timeout=0.3))
-    _, reply, holder = fake.asks.get(timeout=WAIT)
+    client, thread, out, reply, holder = asked(node, fake, clients, timeout=0.3)
     fake.gate.clear()  # the node's reader now stalls in this TELL: the CANCEL waits behind it
     client.tell("p", Release("p/unrelated"))
     thread.join(WAIT)
@@ -241,9 +245,7 @@ def test_one_workers_key_opens_no_other_identity(
 def test_a_second_connection_as_a_live_worker_is_refused(
     node: Node, fake: FakePool, clients: list[Client]
 ) -> None:
-    client = connect(node, "A", clients)
-    thread, _ = in_thread(lambda: client.ask("p", Acquire("p", 10.0)))
-    _, reply, holder = fake.asks.get(timeout=WAIT)
+    client, thread, _, reply, holder = asked(node, fake, clients, "A")
     lease = fake.lease(holder)
     assert reply.set(lease)
     thread.join(WAIT)
