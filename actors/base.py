@@ -22,6 +22,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -103,7 +104,7 @@ class OneShot:
     the answer that just arrived and uses it.
     """
 
-    __slots__ = ("_claim", "_done", "_error", "_value")
+    __slots__ = ("_claim", "_done", "_error", "_stored", "_value")
 
     def __init__(self) -> None:
         self._claim = [True]
@@ -111,6 +112,7 @@ class OneShot:
         self._done.acquire()
         self._value: Any = None
         self._error: BaseException | None = None
+        self._stored = False
 
     def set(self, value: Any = None) -> bool:
         try:
@@ -118,6 +120,7 @@ class OneShot:
         except IndexError:  # cancelled, or answered already
             return False
         self._value = value
+        self._stored = True
         self._done.release()
         return True
 
@@ -127,6 +130,7 @@ class OneShot:
         except IndexError:
             return False
         self._error = (exc_info or sys.exc_info())[1]
+        self._stored = True
         self._done.release()
         return True
 
@@ -144,11 +148,16 @@ class OneShot:
         On TimeoutError the reply is cancelled: an answer can no longer be taken.
         """
         done = self._done
-        if not done.acquire(timeout=-1 if timeout is None else clamp_wait(timeout)):
-            if self.cancel():
-                raise TimeoutError
-            done.acquire()  # answered at the last moment: it is being stored now
-        done.release()  # stays readable
+        if done.acquire(timeout=-1 if timeout is None else clamp_wait(timeout)):
+            done.release()  # (never needed again: an interrupt right here loses nothing)
+        elif self.cancel():
+            raise TimeoutError
+        return self.result()
+
+    def result(self) -> Any:
+        """The answer, once ``set`` has won the claim (``cancel`` returned False)."""
+        while not self._stored:  # set() is between its claim and its store: a moment
+            time.sleep(0)
         if self._error is not None:
             raise self._error
         return self._value

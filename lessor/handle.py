@@ -104,7 +104,7 @@ class PoolHandle(LeaseOps):
                 ref.tell(CancelAcquire(reply, holder))
                 return
             with contextlib.suppress(Exception):
-                granted = reply.get(0)
+                granted = reply.result()  # the answer won the race: it is ours to return
                 if isinstance(granted, Lease):
                     post(ref, Release(granted.id), None, holder)
 

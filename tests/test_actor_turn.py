@@ -263,3 +263,17 @@ def test_the_pykka_internals_lessor_uses_are_those_of_this_pykka() -> None:
     stopped.actor_stopped.wait(5)
     assert compat.is_stop(Release("x")) is False
     assert inbox.qsize() == 0  # the actor took its stop message and answered it
+
+
+def test_an_answer_stays_readable_after_a_wait_interrupted_past_its_lock() -> None:
+    """Ctrl-C can land between a wait taking the reply's lock and giving it back; the
+    caller then abandons the Acquire and must still read the grant to return it."""
+    reply = OneShot()
+    assert reply.set("lease")
+    assert reply._done.acquire(timeout=1)  # an interrupted get() left the lock taken
+    read: list[Any] = []
+    reader = threading.Thread(target=lambda: read.append((reply.cancel(), reply.result())))
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "reading the answer blocked on the reply's lock"
+    assert read == [(False, "lease")]
