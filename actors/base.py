@@ -278,15 +278,20 @@ class LessorActor(pykka.ThreadingActor):
 
     def in_turn(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` as one turn, then carry out what it decided."""
-        turn = self._turn
-        turn.acquire()
+        self._turn.acquire()
         try:
             return fn(*args)
         finally:
-            effects, self._effects = self._effects, []
-            turn.release()
-            if effects:
-                self._carry_out(effects)
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        """Release the turn, then carry out what it decided (on this thread)."""
+        effects = self._effects
+        if effects:
+            self._effects = []
+        self._turn.release()
+        if effects:
+            self._carry_out(effects)
 
     def on_receive(self, message: Any) -> Any:
         return self.in_turn(self._receive, message)
@@ -304,15 +309,16 @@ class LessorActor(pykka.ThreadingActor):
                 raise ActorStopped(f"{self} stopped")
             post(self.actor_ref, message, reply, holder)
             return
-        self.in_turn(self._call_now, message, reply, holder)
-
-    def _call_now(self, message: Message, reply: Reply | None, holder: str) -> None:
-        if self.actor_stopped.is_set():
-            raise ActorStopped(f"{self} stopped")
+        self._turn.acquire()  # in_turn, inlined: this is every worker request's path
         try:
-            self._receive(Call(message, reply, holder))
-        except Exception as exc:
-            self.actor_ref.tell(_Crash(exc))
+            if self.actor_stopped.is_set():
+                raise ActorStopped(f"{self} stopped")
+            try:
+                self._receive(Call(message, reply, holder))
+            except Exception as exc:
+                self.actor_ref.tell(_Crash(exc))
+        finally:
+            self._end_turn()
 
     def _carry_out(self, effects: list[tuple[int, Any, Any]]) -> None:
         """Runs once the turn that queued ``effects`` is released (see ``in_turn``)."""
