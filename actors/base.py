@@ -294,7 +294,11 @@ class LessorActor(pykka.ThreadingActor):
             self._carry_out(effects)
 
     def on_receive(self, message: Any) -> Any:
-        return self.in_turn(self._receive, message)
+        self._turn.acquire()  # in_turn, inlined: every in-process request comes here
+        try:
+            return self._receive(message)
+        finally:
+            self._end_turn()
 
     def call_now(self, message: Message, reply: Reply | None, holder: str) -> None:
         """Handle a request on the calling thread, in turn with the actor's own messages.
