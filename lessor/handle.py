@@ -92,6 +92,8 @@ class PoolHandle(LeaseOps):
             raise PoolClosed(f"pool {self.name!r} did not answer in {timeout:g}s") from None
         except pykka.ActorDeadError as exc:
             raise PoolClosed(f"pool {self.name!r} stopped") from exc
+        except LessorError:  # the pool's own answer
+            raise
         except BaseException:  # interrupted while waiting (KeyboardInterrupt): lose nothing
             if isinstance(message, Acquire):
                 self._abandon(ref, reply, holder)

@@ -58,6 +58,8 @@ class RemotePool(LeaseOps):
             lease = super().acquire(timeout, priority, ttl)
             self.client._lent(self, lease.id)
             return lease
+        if timeout is not None or ttl is not None or type(priority) is not int or priority:
+            Acquire(self.name, timeout, priority, ttl)  # the same checks as a sent Acquire
         leases = self._leases
         with self._lock:
             reused = leases.take() if ttl is None else None

@@ -1,0 +1,67 @@
+"""One call, one behaviour, through every handle: bad arguments are refused the same way.
+
+A cached worker handle reuses a parked lease without building an Acquire, so it once
+let ``priority="high"`` or ``timeout=inf`` through where the other handles refused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lessor import PoolHandle, PoolSpec, TokenFactory, start_pool
+from lessor.client import Client
+from lessor.leases import LeaseOps
+from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, Node
+
+BAD: list[tuple[dict[str, Any], type[Exception]]] = [
+    ({"priority": "high"}, TypeError),
+    ({"priority": 1.5}, TypeError),
+    ({"priority": None}, TypeError),
+    ({"priority": True}, TypeError),
+    ({"priority": 2**63}, ValueError),
+    ({"timeout": float("inf")}, ValueError),
+    ({"timeout": float("nan")}, ValueError),
+    ({"timeout": True}, TypeError),
+    ({"timeout": "5"}, TypeError),
+    ({"timeout": -1.0}, ValueError),
+    ({"ttl": 0}, ValueError),
+]
+
+
+@pytest.fixture
+def pool() -> Iterator[PoolHandle]:
+    handle = start_pool(PoolSpec("p", TokenFactory(), max_size=2))
+    yield handle
+    handle.stop(timeout=5)
+
+
+@pytest.fixture(params=["in-process", "worker uncached", "worker cached"])
+def handle(request: pytest.FixtureRequest, pool: PoolHandle) -> Iterator[LeaseOps]:
+    if request.param == "in-process":
+        yield pool
+        return
+    node = Node()
+    node.register("p", pool)
+    env = node.env("w")
+    client = Client(env[ENV_ADDRESS], bytes.fromhex(env[ENV_AUTHKEY]), "w")
+    client.on_lost = lambda: None  # this is the test process: never SIGTERM it
+    try:
+        yield client.pool("p", cache=request.param == "worker cached")
+    finally:
+        client.close()
+        node.close()
+
+
+@pytest.mark.parametrize(("kwargs", "error"), BAD, ids=[repr(k) for k, _ in BAD])
+def test_a_bad_acquire_is_refused_alike_by_every_handle(
+    handle: LeaseOps, pool: PoolHandle, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    handle.release(handle.acquire(timeout=5))  # a cached handle now has a parked lease
+    with pytest.raises(error):
+        handle.acquire(**kwargs)
+    lease = handle.acquire(timeout=5)  # the pool lives on, and serves the next caller
+    handle.release(lease)
+    assert pool.stats().acquired >= 1
