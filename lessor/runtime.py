@@ -143,6 +143,7 @@ class Runtime:
         """The socket workers connect to; made on first use."""
         with self._lock:
             if self._node is None:
+                self._check()  # a node made after shutdown would never be closed
                 self._node = Node()
                 for name, handle in self._pools.items():
                     self._node.register(name, handle)
@@ -333,6 +334,7 @@ class Runtime:
         reclaimed: list[Lease] = []
         from_caller: list[Lease] = []
         killed: list[str] = []
+        interrupted: KeyboardInterrupt | None = None
         try:
             log.info("shutting down: draining for up to %.3gs", deadline - began)
             with self._lock:
@@ -340,9 +342,21 @@ class Runtime:
             for outcome in outcomes.values():  # whoever waits on workers: this is the end
                 outcome.fail(RuntimeStopped("the runtime shut down before the workers finished"))
             groups = list(outcomes)
-            reclaimed, from_caller, killed = drain(
-                self._root, live(handles), live(groups), deadline, self._hurry, current_holder()
-            )
+            caller = current_holder()
+            try:
+                reclaimed, from_caller, killed = drain(
+                    self._root, live(handles), live(groups), deadline, self._hurry, caller
+                )
+            except KeyboardInterrupt as exc:
+                # A Ctrl-C this runtime does not handle itself (handle_signals=False, or
+                # not the main thread) broke into the drain: finish it at once, then let
+                # the interrupt go on. The steps are idempotent.
+                interrupted = exc
+                self._hurry.set()
+                log.warning("interrupted during shutdown: stopping at once")
+                reclaimed, from_caller, killed = drain(
+                    self._root, live(handles), live(groups), deadline, self._hurry, caller
+                )
             if self._node is not None:
                 self._node.close()
             self._restore_signals()
@@ -352,6 +366,8 @@ class Runtime:
                 report = make_report(began, reclaimed, killed, self._failure, from_caller)
                 self._report = report
             self._closed.set()
+        if interrupted is not None:
+            raise interrupted
         return report
 
     # -- signals -----------------------------------------------------------------------
