@@ -13,7 +13,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ import pykka
 
 from lessor import holder as holders
 from lessor.actors.base import DEFERRED, Call, LessorActor, Reply
+from lessor.actors.executor import FactoryThreads
 from lessor.actors.timer import DeadlineTimer
 from lessor.core.pool import (
     Check,
@@ -160,6 +160,9 @@ class CancelAcquire:
 _TICK = _Tick()
 #: While Acquires wait and nothing is free, holders are asked for parked leases this often.
 NUDGE_INTERVAL = 0.05
+#: Seconds a stopping pool waits for factory calls under way (a create stuck on a dead
+#: network is abandoned after that; what it makes is destroyed when it returns).
+FACTORY_STOP_WAIT = 4.0
 
 
 class PoolActor(LessorActor):
@@ -197,7 +200,7 @@ class PoolActor(LessorActor):
             orphans=orphans,
         )
         self._lineage.epochs.append(self.epoch)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: FactoryThreads | None = None
         self._timer: DeadlineTimer | None = None
         self._drained: list[Reply] = []
         self._nudging = False  # workers were asked for parked leases; ask again while starved
@@ -210,9 +213,7 @@ class PoolActor(LessorActor):
         name = self.spec.name
         ref = self.actor_ref
         try:
-            self._executor = ThreadPoolExecutor(
-                self.spec.workers, thread_name_prefix=f"lessor-{name}"
-            )
+            self._executor = FactoryThreads(self.spec.workers, f"lessor-{name}")
             self._timer = DeadlineTimer(
                 lambda: ref.tell(_TICK), name=f"lessor-{name}-timer", clock=self._clock
             )
@@ -244,7 +245,7 @@ class PoolActor(LessorActor):
         if self._timer is not None:
             self._timer.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(FACTORY_STOP_WAIT)
         # Results that raced the stop: their jobs saw a dead actor and cleaned up.
         self.drain_inbox(self._late_tell)
 
