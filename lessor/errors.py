@@ -17,6 +17,7 @@ __all__ = [
     "ForeignLease",
     "LeaseError",
     "LessorError",
+    "MapTimeout",
     "NoSuchPool",
     "NotPortable",
     "PoolClosed",
@@ -126,6 +127,10 @@ class WorkersFailed(LessorError):
 
 class TaskFailed(LessorError):
     """An item of ``Runtime.map`` failed in its worker (or its worker died twice on it)."""
+
+
+class MapTimeout(LessorError, TimeoutError):
+    """``Runtime.map`` did not finish within its ``timeout`` (also a TimeoutError)."""
 
 
 class ProtocolError(LessorError):

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from lessor import holder as holders
+from lessor import wire
 from lessor.actors.base import Reply, answer, answer_error
-from lessor.errors import ProtocolError, TaskFailed
-from lessor.messages import Message, NextTask, Task, TaskResult, pack
+from lessor.errors import MapTimeout, ProtocolError, TaskFailed
+from lessor.messages import Message, NextTask, Task, TaskResult
 
 if TYPE_CHECKING:
     from lessor.node import Node
@@ -36,7 +37,10 @@ class MapJob:
         self.name = name
         self.items = list(items)
         for index, item in enumerate(self.items):
-            pack(item, f"map item {index}")  # refuse what cannot cross, before any work
+            try:  # refuse what cannot cross, before any work: the very frame it will go in
+                wire.frame(wire.Kind.REPLY, 0, "", Task(index, item))
+            except ProtocolError as exc:
+                raise ProtocolError(f"map item {index}: {exc}") from exc
         self.results: list[Any] = [None] * len(self.items)
         self.failed: dict[int, TaskFailed] = {}
         self._todo: deque[int] = deque(range(len(self.items)))
@@ -149,7 +153,7 @@ def run_map(
             outcome.when_settled(lambda: job.cut_short("no worker left to run it"))
             try:
                 if not job.wait(timeout):
-                    raise TimeoutError(f"{job.name} did not finish in {timeout}s")
+                    raise MapTimeout(f"{job.name} did not finish in {timeout}s")
             finally:
                 stop(group)  # most have exited
             if job.cut and outcome.error is not None:

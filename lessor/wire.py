@@ -134,13 +134,19 @@ class Deadline:
 
 
 def frame(kind: Kind, corr: int, target: str, message: Message | None) -> bytes:
-    """Build one frame; a message that is not msgpack-safe raises ProtocolError."""
+    """Build one frame; a message that is not msgpack-safe, or that makes a frame over
+    ``MAX_FRAME`` (the other end would close the connection), raises ProtocolError."""
     parts = None if message is None else to_parts(message)
     try:
         data: bytes = _packb([int(kind), corr, target, parts], use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
         # Say which message (and why) the same way the codec does.
-        return pack([int(kind), corr, target, parts], type(message).__name__)
+        data = pack([int(kind), corr, target, parts], type(message).__name__)
+    if len(data) > MAX_FRAME:
+        raise ProtocolError(
+            f"a {type(message).__name__} frame of {len(data)} bytes is over the "
+            f"{MAX_FRAME}-byte limit"
+        )
     return data
 
 

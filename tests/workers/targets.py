@@ -323,3 +323,8 @@ def lease_expires_in_worker(pool: str, out_dir: str) -> None:
     slots.release(again)
     with open(os.path.join(out_dir, str(os.getpid())), "w") as out:
         out.write(f"{told} {expired == [lease.id]} {again.id != lease.id}")
+
+
+def big_result(size: int) -> bytes:
+    """A map function whose result is too big for one frame."""
+    return b"x" * size
