@@ -9,7 +9,9 @@ there, inside :func:`run_worker`, which leaves the traceback for its group to re
 
 from __future__ import annotations
 
-import contextlib
+import ast
+import functools
+import io
 import logging
 import os
 import pickle
@@ -41,8 +43,10 @@ def check_spawnable(
 
     A function or class must be importable by qualified name: not a lambda, not
     defined inside a function, and in ``__main__`` only if that has a file a worker
-    can run again. Everything must pickle as it will when the worker is spawned, so
-    a spawn-context Queue passes and a fork-context one fails here, not in the worker.
+    can run again, and not under its ``if __name__ == "__main__":`` (a worker runs the
+    file as ``__mp_main__``, without that block). Everything must pickle as it will
+    when the worker is spawned, so a spawn-context Queue passes and a fork-context one
+    fails here, not in the worker.
     """
     if not callable(target):
         raise TypeError(f"{what} {target!r} is not callable")
@@ -81,17 +85,124 @@ class _DryRun:
         return fd
 
 
+class _UnderMainGuard(Exception):
+    def __init__(self, obj: types.FunctionType | type) -> None:
+        super().__init__(obj)
+        self.obj = obj
+
+
+class _DryPickler(ForkingPickler):
+    """Pickles as a spawn would, and stops at a function or class of ``__main__`` that a
+    worker cannot find: one defined under ``if __name__ == "__main__":``."""
+
+    def persistent_id(self, obj: Any) -> None:
+        if (
+            isinstance(obj, (types.FunctionType, type))
+            and getattr(obj, "__module__", None) == "__main__"
+            and str(getattr(obj, "__qualname__", "")).split(".")[0] in _main_guarded()
+        ):
+            raise _UnderMainGuard(obj)
+
+
 def _check_pickles(obj: Any, what: str) -> None:
     previous = get_spawning_popen()
     set_spawning_popen(cast(Any, _DryRun()))
     try:
-        ForkingPickler.dumps(obj)
+        _DryPickler(io.BytesIO()).dump(obj)
+    except _UnderMainGuard as exc:
+        found = exc.obj
+        head = what if found is obj else f"{what}: __main__.{found.__qualname__}"
+        raise TypeError(
+            f"{head} is defined under `if __name__ == '__main__':`, which a spawned worker "
+            f"does not run; move it to module level"
+        ) from None
     except Exception as exc:
         raise TypeError(
             f"{what} cannot be sent to a spawned worker: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         set_spawning_popen(previous)
+
+
+def _main_guarded() -> frozenset[str]:
+    """Names the main script binds only under ``if __name__ == "__main__":``.
+
+    Empty when that cannot be told: no file, a file that cannot be read or parsed (a
+    worker then reports what it finds), or a ``from ... import *`` outside the guard.
+    """
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(path, str):
+        return frozenset()
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return frozenset()
+    return _guarded_names(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded_names(path: str, _mtime_ns: int, _size: int) -> frozenset[str]:
+    try:
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    outside: set[str] = set()
+    guarded: set[str] = set()
+    _bindings(tree, False, outside, guarded)
+    if "*" in outside:
+        return frozenset()
+    return frozenset(guarded - outside)
+
+
+def _bindings(node: ast.AST, under: bool, outside: set[str], guarded: set[str]) -> None:
+    """Collect the module-level names bound in ``node``, outside or under a main guard.
+
+    Generous to "outside": any name stored anywhere at module level counts (a loop or
+    ``with`` target, a walrus), so only a name bound nowhere else can be refused.
+    """
+    names = guarded if under else outside
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        names.add(node.name)
+        return  # its body is not module level
+    if isinstance(node, ast.Lambda):
+        return
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        for alias in node.names:
+            names.add(alias.asname or alias.name.split(".")[0])
+        return
+    if isinstance(node, ast.If) and _is_main_guard(node.test):
+        for statement in node.body:
+            _bindings(statement, True, outside, guarded)
+        for statement in node.orelse:
+            _bindings(statement, under, outside, guarded)
+        return
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        names.add(node.id)
+    elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+        names.add(node.name)
+    elif isinstance(node, ast.MatchMapping) and node.rest:
+        names.add(node.rest)
+    for child in ast.iter_child_nodes(node):
+        _bindings(child, under, outside, guarded)
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"``, either way round."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    if not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = {_literal(test.left), _literal(test.comparators[0])}
+    return sides == {"name:__name__", "str:__main__"}
+
+
+def _literal(expr: ast.expr) -> str:
+    if isinstance(expr, ast.Name):
+        return f"name:{expr.id}"
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return f"str:{expr.value}"
+    return ""
 
 
 class Spawned:
@@ -131,7 +242,8 @@ def run_worker(
 
     SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the
     runtime drains its workers itself (as billiard and the usual Pool recipe do). An
-    uncaught exception's traceback is written where ``LESSOR_WORKER_TRACEBACK`` says.
+    uncaught exception's traceback is written where ``LESSOR_WORKER_TRACEBACK`` says
+    (and then not printed to stderr too; it is, if it could not be written).
     ``pools`` are the runtime's process-scoped pools: this worker runs its own pool
     of each (``connect().pool(name)``), under the runtime's global quota.
     """
@@ -152,11 +264,20 @@ def run_worker(
     except SystemExit:
         raise
     except BaseException:
-        _leave_traceback(env.get(ENV_TRACEBACK))
-        raise
+        if _leave_traceback(env.get(ENV_TRACEBACK)):
+            # Its group has the traceback (and reports it): exit 1 without printing it
+            # too, or a group restarting a failing worker floods the terminal.
+            raise SystemExit(1) from None
+        raise  # nowhere to leave it: multiprocessing prints it and exits 1
 
 
-def _leave_traceback(path: str | None) -> None:
-    if path:
-        with contextlib.suppress(OSError), open(path, "w") as out:
+def _leave_traceback(path: str | None) -> bool:
+    """Write the current exception's traceback to ``path``; whether that worked."""
+    if not path:
+        return False
+    try:
+        with open(path, "w") as out:
             out.write(traceback.format_exc())
+    except OSError:
+        return False
+    return True

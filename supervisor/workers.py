@@ -288,9 +288,11 @@ class WorkerGroup(pykka.ThreadingActor):
         self.node.disconnect(slot.worker_id)  # reclaim now, even if the socket lingers
         code = process.exitcode
         self.exit_codes.append(code)
-        self.last_traceback = self._read_traceback(slot) or self.last_traceback
+        left = self._read_traceback(slot)
+        self.last_traceback = left or self.last_traceback
         abnormal = code != 0
-        self.events.emit("failed" if abnormal else "exited", slot.worker_id, f"exit code {code}")
+        detail = f"exit code {code}" + (f": {_last_line(left)}" if left else "")
+        self.events.emit("failed" if abnormal else "exited", slot.worker_id, detail)
         restart = self.spec.restart
         if restart == "temporary" or (restart == "transient" and not abnormal):
             slot.done = True
@@ -362,6 +364,13 @@ class WorkerGroup(pykka.ThreadingActor):
 def _ended(process: BaseProcess, timeout: float) -> bool:
     """Whether the process has exited, waiting up to ``timeout`` (without reaping it)."""
     return bool(mp_wait([process.sentinel], max(0.0, timeout)))
+
+
+def _last_line(traceback: str, limit: int = 200) -> str:
+    """The exception line that ends a traceback (``ValueError: boom``), cut to ``limit``."""
+    lines = [line for line in traceback.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    return last if len(last) <= limit else last[: limit - 3] + "..."
 
 
 def _failed(path: str, exc: BaseException | None) -> WorkersFailed:

@@ -242,7 +242,7 @@ def judge_processes(rt: Runtime, counts: Path, figures: Figures) -> None:
     kinds = [e.kind for e in events]
     for event in events:
         if event.kind == "failed":
-            code = event.detail.removeprefix("exit code ")
+            code = event.detail.removeprefix("exit code ").split(":")[0]
             figures.exits[code] = figures.exits.get(code, 0) + 1
     failed, restarted, started = (kinds.count(k) for k in ("failed", "restarted", "started"))
     figures.runs = started

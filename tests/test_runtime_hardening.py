@@ -241,6 +241,107 @@ def test_a_target_in_a_main_module_without_a_file_is_refused() -> None:
     assert done.stdout.startswith("TypeError") and "__main__" in done.stdout, done.stdout
 
 
+MAIN_GUARD_SCRIPT = """
+import json
+from lessor import Runtime
+from lessor.worker import _main_guarded, check_spawnable
+
+def top(x=None): return x
+class Top:
+    def m(self): pass
+if True:
+    def in_if(): pass
+try:
+    import os as imported
+except ImportError:
+    pass
+with open(__file__) as _source:
+    def in_with(): pass
+for looped in [in_if]:
+    pass
+
+if __name__ == "__main__":
+    def nested(): pass
+    class Nested:
+        def m(self): pass
+    def top(x=None): return x  # bound at module level too: a worker finds that one
+    checks = {
+        "nested": lambda: check_spawnable(nested),
+        "Nested": lambda: check_spawnable(Nested),
+        "method": lambda: check_spawnable(Nested().m),
+        "arg": lambda: check_spawnable(top, (Nested(),)),
+        "top": lambda: check_spawnable(top, (Top(),)),
+        "Top.m": lambda: check_spawnable(Top().m),
+        "in_if": lambda: check_spawnable(in_if),
+        "in_with": lambda: check_spawnable(in_with),
+        "imported": lambda: check_spawnable(imported.getcwd),
+        "looped": lambda: check_spawnable(looped),
+        "json": lambda: check_spawnable(json.dumps),
+    }
+    for name, check in checks.items():
+        try:
+            check()
+            print(name, "OK")
+        except TypeError as exc:
+            print(name, "TypeError", exc)
+    print("guarded", ",".join(sorted(_main_guarded())))
+    rt = Runtime(handle_signals=False)
+    try:
+        rt.spawn_workers(nested, 1)
+    except TypeError as exc:
+        print("spawn_workers TypeError", exc)
+    try:
+        rt.map(Nested().m, [1])
+    except TypeError as exc:
+        print("map TypeError", exc)
+    print("children", rt.tree()["children"])
+    rt.shutdown(timeout=5)
+    with open(__file__, "w") as broken:
+        broken.write("def (:\\n")  # unparsable now: let through, the worker would report
+    try:
+        check_spawnable(nested)
+        print("unparsable OK")
+    except TypeError as exc:
+        print("unparsable TypeError", exc)
+else:
+    def in_else(): pass
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_target_under_the_main_guard_of_a_script_is_refused(tmp_path: Path) -> None:
+    """A spawned worker runs the script as __mp_main__, without its main block."""
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_GUARD_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    out = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    guard = "is defined under `if __name__ == '__main__':`"
+    move = "move it to module level"
+    for name, what in [("nested", "__main__.nested"), ("Nested", "__main__.Nested")]:
+        assert out[name].startswith(f"TypeError worker target {what} {guard}"), out
+        assert out[name].endswith(move), out
+    assert out["method"].startswith("TypeError worker target: __main__.Nested " + guard), out
+    assert out["arg"].startswith("TypeError args[0] of worker target __main__.top: "), out
+    assert f"__main__.Nested {guard}" in out["arg"], out
+    for name in ["top", "Top.m", "in_if", "in_with", "imported", "looped", "json"]:
+        assert out[name] == "OK", (name, out)
+    guarded = set(out["guarded"].split(","))
+    assert {"nested", "Nested", "checks"} <= guarded, out
+    assert not guarded & {"top", "Top", "in_if", "in_with", "imported", "looped", "in_else"}
+    assert out["spawn_workers"].startswith(f"TypeError worker target __main__.nested {guard}")
+    assert out["map"].startswith(f"TypeError map function: __main__.Nested {guard}"), out
+    assert out["children"] == "[]", out  # nothing was started
+    assert out["unparsable"] == "OK", out
+
+
 @pytest.mark.timeout(60)
 def test_a_worker_that_cannot_start_fails_only_its_group(runtime: Runtime) -> None:
     errors = _errors()
@@ -273,6 +374,72 @@ def test_a_worker_that_keeps_raising_ends_its_group_for_good(runtime: Runtime) -
     assert wait_until(lambda: runtime.tree()["children"] == [])  # removed, never restarted
     starts = [e for e in runtime.events() if e.kind == "started" and e.node.startswith(group.path)]
     assert [e.node for e in starts] == [group.path, f"{group.path}.0.1", f"{group.path}.0.2"]
+
+
+FAILING_GROUP_SCRIPT = """
+import logging
+logging.disable(logging.CRITICAL)  # only what the workers print reaches stderr
+from lessor import Runtime
+from lessor.errors import WorkersFailed
+from tests.workers import hardening_targets as t
+rt = Runtime(handle_signals=False)
+try:
+    group = rt.spawn_workers(t.boom, 2, max_restarts=2)
+    try:
+        rt.join(group, timeout=30)
+    except WorkersFailed as exc:
+        print("traceback", "ValueError: boom: this worker always fails" in exc.worker_traceback)
+        print("in message", "Traceback (most recent call last)" in str(exc))
+    for event in rt.events():
+        if event.kind == "failed" and event.node.startswith(group.path + "."):
+            print("failed", event.detail)
+finally:
+    rt.shutdown(timeout=5)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_worker_leaves_its_traceback_to_its_group_not_to_stderr() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_GROUP_SCRIPT],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["traceback True", "in message True"], done.stdout
+    failed = lines[2:]
+    assert len(failed) >= 3, done.stdout  # two workers, restarted until the group gave up
+    assert set(failed) == {"failed exit code 1: ValueError: boom: this worker always fails"}
+    assert "Traceback" not in done.stderr and "ValueError" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["written", "unset", "unwritable"])
+def test_a_worker_prints_its_traceback_only_when_it_could_not_leave_it(
+    where: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lessor.worker import ENV_TRACEBACK, Spawned, run_worker
+
+    path = tmp_path / ("missing/tb" if where == "unwritable" else "tb")
+    env = {} if where == "unset" else {ENV_TRACEBACK: str(path)}
+    # No runtime to connect to: run_worker fails before it reaches the target.
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_worker, args=(Spawned(t.done, ()), env)
+    )
+    process.start()
+    process.join(30)
+    assert process.exitcode == 1
+    err = capfd.readouterr().err
+    if where == "written":
+        assert "Traceback (most recent call last)" in path.read_text()
+        assert "Traceback" not in err, err
+    else:
+        assert not path.exists()
+        assert "Traceback (most recent call last)" in err, err
 
 
 @pytest.mark.timeout(90)
