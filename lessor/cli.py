@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -15,12 +16,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lessor.errors import ActorStopped, PoolClosed, RuntimeStopped
 from lessor.factory import TokenFactory
 from lessor.runtime import Runtime
 from lessor.specs import PoolSpec
 
 __all__ = ["main"]
 
+
+#: What a job gets once the runtime is going away (ShuttingDown is a PoolClosed): the
+#: end of its work, not a failure of its own.
+GOING_AWAY = (PoolClosed, ActorStopped, RuntimeStopped)
+#: The longest any wait of the demo goes without looking whether it is over.
+SLICE = 0.05
+#: How long an interrupted demo waits for its threads to see the end, before it goes.
+THREADS_GRACE = 2.0
+#: The shutdown time of the demo's runtime (also after one Ctrl-C).
+SHUTDOWN_TIMEOUT = 5.0
 
 #: Each demo job holds its slot a random time in this range (seconds): never zero, so
 #: two holders of one slot would overlap and be seen.
@@ -61,21 +73,43 @@ class _Markers:
         return sum(int(Path(self.dir, n).read_text()) for n in names)
 
 
-def _demo_worker(jobs: int, marker_dir: str, start: Any) -> None:
+def _demo_worker(jobs: int, marker_dir: str, ready: Any, go: Any) -> None:
     """A worker process: borrow a slot ``jobs`` times through the runtime's pool.
 
-    It starts when the threads do (``start``, a Barrier), so that they compete.
+    It says it is ``ready`` (a Semaphore) and starts when the threads do (``go``, an
+    Event), so that they compete. Once the runtime drains (Ctrl-C) it stops quietly:
+    it waits only in short slices, looking at ``draining`` between them.
     """
     from lessor.client import connect
 
-    slots = connect().pool("slots")
+    client = connect()
+    slots = client.pool("slots")
     markers = _Markers(marker_dir)
-    start.wait(30)
+    ready.release()
+    while not go.wait(SLICE):
+        if client.draining.is_set():
+            return
     clashes = 0
-    for _ in range(jobs):
-        with slots.lease(timeout=30) as slot:
-            clashes += markers.hold(slot)
+    try:
+        for _ in range(jobs):
+            if client.draining.is_set():
+                return
+            with slots.lease(timeout=30) as slot:
+                clashes += markers.hold(slot)
+    except GOING_AWAY:
+        return  # the runtime is shutting down: that ends the work
     markers.record(clashes)
+
+
+def _wait_ready(runtime: Runtime, group: Any, ready: Any, n: int, timeout: float) -> None:
+    """Wait until ``n`` workers are connected; raises WorkersFailed if their group gives up."""
+    deadline = time.monotonic() + timeout
+    for _ in range(n):
+        while not ready.acquire(timeout=SLICE):
+            if runtime.join(group, timeout=0):  # all gone without saying they were ready
+                raise RuntimeError("the demo's worker processes exited before they started")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the demo's worker processes did not start in {timeout:g}s")
 
 
 def demo(threads: int = 8, jobs: int = 200, slots: int = 3, workers: int = 2) -> dict[str, Any]:
@@ -87,34 +121,54 @@ def demo(threads: int = 8, jobs: int = 200, slots: int = 3, workers: int = 2) ->
     """
     clashes = 0
     lock = threading.Lock()
+    stopped: list[BaseException] = []  # why jobs stopped before their end
+    # Ctrl-C: the runtime (built in the main thread) drains, then raises KeyboardInterrupt
+    # wherever the main thread waits; worker processes ignore SIGINT and get a Drain.
     with (
         tempfile.TemporaryDirectory(prefix="lessor-demo-") as marker_dir,
-        Runtime(handle_signals=False) as runtime,
+        Runtime(shutdown_timeout=SHUTDOWN_TIMEOUT) as runtime,
     ):
         markers = _Markers(marker_dir)
         pool = runtime.add_pool(PoolSpec("slots", TokenFactory(), max_size=slots, lease_ttl=30))
 
         def worker() -> None:
             nonlocal clashes
-            for _ in range(jobs):
-                with pool.lease(timeout=10) as slot:
-                    clash = markers.hold(slot)
-                with lock:
-                    clashes += clash
+            try:
+                for _ in range(jobs):
+                    with pool.lease(timeout=10) as slot:
+                        clash = markers.hold(slot)
+                    with lock:
+                        clashes += clash
+            except GOING_AWAY as exc:  # the runtime is shutting down: the end of the work
+                stopped.append(exc)
 
-        leaker = threading.Thread(target=pool.acquire, name="dies-holding-a-slot")
+        def leak() -> None:
+            with contextlib.suppress(*GOING_AWAY):  # interrupted before it got its slot
+                pool.acquire()
+
+        leaker = threading.Thread(target=leak, name="dies-holding-a-slot")
         leaker.start()
         leaker.join()
         pool_threads = [threading.Thread(target=worker, name=f"job-{i}") for i in range(threads)]
-        start = multiprocessing.get_context("spawn").Barrier(workers + 1)
+        spawn = multiprocessing.get_context("spawn")
+        ready, go = spawn.Semaphore(0), spawn.Event()
         processes = runtime.spawn_workers(
-            _demo_worker, workers, (jobs, marker_dir, start), "transient"
+            _demo_worker, workers, (jobs, marker_dir, ready, go), "transient"
         )
-        start.wait(60)  # every worker is connected: all start borrowing together
-        for w in pool_threads:
-            w.start()
-        for w in pool_threads:
-            w.join()
+        try:
+            _wait_ready(runtime, processes, ready, workers, 60)
+            go.set()  # every worker is connected: all start borrowing together
+            for w in pool_threads:
+                w.start()
+            for w in pool_threads:
+                w.join()
+        finally:  # interrupted: let the jobs see the end before their directory goes
+            grace = time.monotonic() + THREADS_GRACE
+            for w in pool_threads:
+                if w.is_alive():
+                    w.join(max(0.0, grace - time.monotonic()))
+        if stopped:  # not interrupted, yet the pool went away under the jobs
+            raise stopped[0]
         finished = runtime.join(processes, timeout=60)
         in_workers = markers.recorded()
         stats = pool.stats().as_dict()
@@ -145,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--slots", type=int, default=3)
     run.add_argument("--workers", type=int, default=2, help="worker processes")
     args = parser.parse_args(argv)
-    report = demo(args.threads, args.jobs, args.slots, args.workers)
+    try:
+        report = demo(args.threads, args.jobs, args.slots, args.workers)
+    except KeyboardInterrupt:  # Ctrl-C: the runtime has drained and shut down
+        print("lessor demo: interrupted; shut down", file=sys.stderr)
+        return 130
     print(json.dumps(report, indent=2))
     return 0 if report["clashes"] == 0 and report["workers_finished"] else 1
 
