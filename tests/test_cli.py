@@ -14,7 +14,7 @@ import pytest
 
 from lessor import cli
 from lessor.cli import main
-from tests.conftest import wait_until
+from tests.conftest import group_members, wait_until
 from tests.overlap import DuplicateTokens
 
 ROOT = Path(__file__).parent.parent
@@ -53,18 +53,6 @@ def test_demo_exits_non_zero_when_a_slot_is_held_twice(
     report = json.loads(capsys.readouterr().out)
     in_threads = report["clashes"] - report["clashes_in_workers"]
     assert (in_threads if who == "threads" else report["clashes_in_workers"]) > 0
-
-
-def _group(pgid: int) -> list[int]:
-    """Live processes of the group (zombies are dead, just not reaped yet)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
 
 
 def _workers_started(pid: int, n: int) -> bool:
@@ -109,9 +97,9 @@ def test_ctrl_c_stops_the_demo_quietly(presses: int) -> None:
         assert "Traceback" not in err
         assert len(lines) <= 5
         assert lines[-1] == "lessor demo: interrupted; shut down"
-        assert wait_until(lambda: not _group(proc.pid), timeout=2), _group(proc.pid)
+        assert wait_until(lambda: not group_members(proc.pid), timeout=2), group_members(proc.pid)
     finally:
-        for pid in _group(proc.pid):
+        for pid in group_members(proc.pid):
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()

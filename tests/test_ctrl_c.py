@@ -17,10 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import group_members, wait_until
 
 ROOT = Path(__file__).parent.parent
 WORKERS = 8
@@ -49,18 +48,6 @@ def start(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         start_new_session=True,  # its own process group, as a shell job would be
     )  # fmt: skip
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of the group (zombies are dead, just not reaped yet)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
 
 
 def py_spy(pid: int) -> str:

@@ -41,6 +41,14 @@ def runtime() -> Iterator[Runtime]:
     rt.shutdown(timeout=5)
 
 
+def run_python(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a Python script as a user would (from the repo), and insist that it exits 0."""
+    done = subprocess.run([sys.executable, *args], check=False, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def _errors() -> Any:
     """lessor.errors, imported late: a test fails on its own, not at collection."""
     import lessor.errors
@@ -229,15 +237,7 @@ def test_a_target_in_a_main_module_without_a_file_is_refused() -> None:
         "    print('TypeError', exc)\n"
         "rt.shutdown()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", script, timeout=60)
     assert done.stdout.startswith("TypeError") and "__main__" in done.stdout, done.stdout
 
 
@@ -313,15 +313,7 @@ def test_a_target_under_the_main_guard_of_a_script_is_refused(tmp_path: Path) ->
     """A spawned worker runs the script as __mp_main__, without its main block."""
     script = tmp_path / "script.py"
     script.write_text(MAIN_GUARD_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(str(script), timeout=50)
     out = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     guard = "is defined under `if __name__ == '__main__':`"
     move = "move it to module level"
@@ -400,15 +392,7 @@ finally:
 
 @pytest.mark.timeout(60)
 def test_a_failing_worker_leaves_its_traceback_to_its_group_not_to_stderr() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", FAILING_GROUP_SCRIPT],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", FAILING_GROUP_SCRIPT, timeout=50)
     lines = done.stdout.splitlines()
     assert lines[:2] == ["traceback True", "in message True"], done.stdout
     failed = lines[2:]
