@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RemotePool"]
 
+_INF = float("inf")
+
 
 class RemotePool(LeaseOps):
     """A pool in the runtime, seen from a worker: the same API as an in-process handle.
@@ -58,7 +60,7 @@ class RemotePool(LeaseOps):
             lease = super().acquire(timeout, priority, ttl)
             self.client._lent(self, lease.id)
             return lease
-        if timeout is not None or ttl is not None or type(priority) is not int or priority:
+        if not _plainly_valid(timeout, priority, ttl):
             Acquire(self.name, timeout, priority, ttl)  # the same checks as a sent Acquire
         leases = self._leases
         with self._lock:
@@ -132,3 +134,20 @@ class RemotePool(LeaseOps):
         elif isinstance(message, LeaseExpired) and message.pool == self.name:
             with self._lock:
                 self._leases.forget(message.lease_id)
+
+
+_INT64 = 1 << 63
+
+
+def _plainly_valid(timeout: float | None, priority: int, ttl: float | None) -> bool:
+    """Arguments an Acquire surely accepts, told apart cheaply (a reuse costs ~5 us).
+
+    Only a subset: anything else is checked by building the Acquire, whose rules
+    are the only ones (a false "no" here costs a microsecond, never a wrong answer).
+    """
+    return (
+        ttl is None
+        and type(priority) is int
+        and -_INT64 <= priority < _INT64
+        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < _INF))
+    )

@@ -10,11 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lessor import PoolHandle, PoolSpec, TokenFactory, start_pool
+from lessor import Acquire, PoolHandle, PoolSpec, TokenFactory, start_pool
 from lessor.client import Client
 from lessor.leases import LeaseOps
 from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, Node
+from lessor.remote import _plainly_valid
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": "high"}, TypeError),
@@ -65,3 +68,16 @@ def test_a_bad_acquire_is_refused_alike_by_every_handle(
     lease = handle.acquire(timeout=5)  # the pool lives on, and serves the next caller
     handle.release(lease)
     assert pool.stats().acquired >= 1
+
+
+@given(
+    timeout=st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=2),
+    priority=st.none() | st.booleans() | st.integers() | st.floats(),
+    ttl=st.none() | st.floats(),
+)
+def test_the_cached_handles_quick_check_only_passes_what_an_acquire_accepts(
+    timeout: Any, priority: Any, ttl: Any
+) -> None:
+    """The cached handle skips building the Acquire when its quick check says yes."""
+    if _plainly_valid(timeout, priority, ttl):
+        Acquire("p", timeout, priority, ttl)  # must not raise
