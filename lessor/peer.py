@@ -112,7 +112,7 @@ class Peer:
 class WireReply:
     """The reply target of one remote ask: the answer travels back as a frame.
 
-    It never calls back into a target (``set`` runs under the pool's turn). ``set``,
+    It never calls back into a target (a pool may call ``set`` from any thread). ``set``,
     ``set_exception`` and ``cancel`` race for one claim (a list pop, atomic under the
     GIL); whichever wins decides:
 
