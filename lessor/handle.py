@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
@@ -30,7 +30,15 @@ from lessor.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef, ChildState
 
-__all__ = ["PoolHandle"]
+__all__ = ["Cancellable", "PoolHandle"]
+
+
+class Cancellable(Reply, Protocol):
+    """A reply its caller may give up on: ``cancel`` races the answer for one claim."""
+
+    def cancel(self) -> bool: ...
+
+    def result(self) -> Any: ...
 
 
 class PoolHandle(LeaseOps):
@@ -99,7 +107,7 @@ class PoolHandle(LeaseOps):
                 self._abandon(ref, reply, holder)
             raise
 
-    def _abandon(self, ref: pykka.ActorRef[Any], reply: OneShot, holder: str) -> None:
+    def _abandon(self, ref: pykka.ActorRef[Any], reply: Cancellable, holder: str) -> None:
         """The caller stops waiting for an Acquire: cancel it, or give back what it got."""
         with contextlib.suppress(pykka.ActorDeadError):
             if reply.cancel():
@@ -134,17 +142,14 @@ class PoolHandle(LeaseOps):
             raise PoolClosed(f"pool {self.name!r} is not running")
         actor.call_now(message, reply, holder)
 
-    def cancel(self, reply: Any, holder: str) -> None:
+    def cancel(self, reply: Cancellable, holder: str) -> None:
         """The remote caller gave up on an Acquire (poolboy's cancel_waiting).
 
         ``reply.cancel()`` decides the race with a grant: either the request is
         dropped from the queue, or the lease the caller will never read is released.
         """
-        with contextlib.suppress(LessorError, pykka.ActorDeadError):
-            if reply.cancel():
-                self.current_ref(0.0).tell(CancelAcquire(reply, holder))
-            elif isinstance(reply.value, Lease):
-                self.deliver(Release(reply.value.id), None, holder)
+        with contextlib.suppress(LessorError):
+            self._abandon(self.current_ref(0.0), reply, holder)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.

@@ -174,3 +174,7 @@ class WireReply:
         if self.peer.pending.pop(self.corr, None) is not None:  # not the worker's CANCEL
             self.peer.error(self.corr, LessorError("the runtime cancelled this request"))
         return True
+
+    def result(self) -> Any:
+        """What was answered, once ``cancel()`` returned False (it was stored first)."""
+        return self.value

@@ -277,3 +277,23 @@ def test_an_answer_stays_readable_after_a_wait_interrupted_past_its_lock() -> No
     reader.join(5)
     assert not reader.is_alive(), "reading the answer blocked on the reply's lock"
     assert read == [(False, "lease")]
+
+
+def test_a_remote_cancel_drops_the_wait_or_gives_back_the_grant(pool: PoolHandle) -> None:
+    """What the node does with a worker's CANCEL: whichever side won the claim decides."""
+    held = pool.acquire(timeout=1)
+    waiting = OneShot()
+    actor_of(pool).call_now(Acquire("p", 5.0), waiting, WORKER)
+    assert wait_until(lambda: pool.stats().waiting == 1)
+    pool.cancel(waiting, WORKER)  # before any grant: the wait is dropped
+    assert wait_until(lambda: pool.stats().waiting == 0)
+    pool.release(held)
+    assert wait_until(lambda: pool.stats().idle == 1)
+
+    granted = OneShot()
+    actor_of(pool).call_now(Acquire("p", 5.0), granted, WORKER)
+    assert isinstance(granted.get(5), Lease)  # the grant won: the caller never read it
+    pool.cancel(granted, WORKER)
+    assert wait_until(lambda: pool.stats().idle == 1)
+    stats = pool.stats()
+    assert (stats.leased, stats.acquired, stats.released) == (0, 2, 2)
