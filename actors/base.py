@@ -32,7 +32,7 @@ import pykka
 from lessor.actors._pykka_compat import is_stop
 from lessor.errors import ActorStopped, ExpiredLease, LessorError, PoolClosed, ProtocolError
 from lessor.holder import ANONYMOUS
-from lessor.messages import Lease, Message
+from lessor.protocol.messages import Lease, Message
 
 __all__ = [
     "DEFERRED",

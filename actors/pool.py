@@ -42,7 +42,7 @@ from lessor.errors import (
     StaleLease,
 )
 from lessor.factory import overrides
-from lessor.messages import (
+from lessor.protocol.messages import (
     Acquire,
     GetStats,
     Lease,

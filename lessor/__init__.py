@@ -7,7 +7,6 @@ processes as msgpack frames.
 
 from __future__ import annotations
 
-from lessor.client import Client, RemotePool, connect
 from lessor.errors import (
     AcquireTimeout,
     ActorRestarted,
@@ -32,9 +31,9 @@ from lessor.errors import (
     WorkersFailed,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
-from lessor.handle import PoolHandle, start_pool
+from lessor.handles.pool import PoolHandle, start_pool
 from lessor.holder import bind_actor
-from lessor.messages import (
+from lessor.protocol.messages import (
     Acquire,
     Describe,
     GetStats,
@@ -47,9 +46,10 @@ from lessor.messages import (
     decode,
     encode,
 )
-from lessor.runtime import Runtime, ShutdownReport
+from lessor.runtime.runtime import Runtime, ShutdownReport
 from lessor.specs import Backoff, ChildSpec, PoolSpec, SupervisorSpec
 from lessor.supervisor.child import ChildRef
+from lessor.worker.client import Client, RemotePool, connect
 
 __version__ = "0.1.0"
 

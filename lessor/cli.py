@@ -18,7 +18,7 @@ from typing import Any
 
 from lessor.errors import ActorStopped, PoolClosed, RuntimeStopped
 from lessor.factory import TokenFactory
-from lessor.runtime import Runtime
+from lessor.runtime.runtime import Runtime
 from lessor.specs import PoolSpec
 
 __all__ = ["main"]
@@ -80,7 +80,7 @@ def _demo_worker(jobs: int, marker_dir: str, ready: Any, go: Any) -> None:
     Event), so that they compete. Once the runtime drains (Ctrl-C) it stops quietly:
     it waits only in short slices, looking at ``draining`` between them.
     """
-    from lessor.client import connect
+    from lessor.worker.client import connect
 
     client = connect()
     slots = client.pool("slots")

@@ -33,12 +33,12 @@ from typing import Any
 import pykka
 
 from lessor.errors import LessorError, WorkersFailed
-from lessor.messages import Drain
-from lessor.node import Node
+from lessor.protocol.messages import Drain
 from lessor.specs import Restart, _nonempty, _positive, _require
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import RestartIntensity
-from lessor.worker import ENV_TRACEBACK, Spawned, run_worker
+from lessor.transport.node import Node
+from lessor.worker.bootstrap import ENV_TRACEBACK, Spawned, run_worker
 
 __all__ = ["GroupOutcome", "StopWorkers", "WorkerGroup", "WorkerSpec"]
 

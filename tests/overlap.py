@@ -42,8 +42,8 @@ from urllib.parse import quote
 import psutil
 
 from lessor import LeaseError, TokenFactory
-from lessor.leases import LeaseOps
-from lessor.messages import Lease, Message
+from lessor.handles.ops import LeaseOps
+from lessor.protocol.messages import Lease, Message
 
 __all__ = [
     "HOLD_MAX",

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from lessor.core.cache import RETURN_WINDOW, LeaseCache
 from lessor.errors import DoubleRelease
-from lessor.messages import Lease
+from lessor.protocol.messages import Lease
 
 
 class Clock:

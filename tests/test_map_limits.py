@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from lessor import LessorError, MapTimeout, ProtocolError, Runtime, TaskFailed, wire
-from lessor.messages import Task
-from lessor.wire import Kind
+from lessor import LessorError, MapTimeout, ProtocolError, Runtime, TaskFailed
+from lessor.protocol import wire
+from lessor.protocol.messages import Task
+from lessor.protocol.wire import Kind
 from tests.workers.targets import big_result
 
 TOO_BIG = wire.MAX_FRAME + 1024

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lessor
-from lessor import messages
 from lessor.errors import LessorError, ProtocolError
-from lessor.messages import (
+from lessor.protocol import messages
+from lessor.protocol.messages import (
     Acquire,
     GetStats,
     Lease,

@@ -37,7 +37,7 @@ from lessor.errors import (
     UnknownLease,
 )
 from lessor.factory import TokenFactory
-from lessor.messages import Lease
+from lessor.protocol.messages import Lease
 from lessor.specs import PoolSpec
 
 # -- helpers ---------------------------------------------------------------------------

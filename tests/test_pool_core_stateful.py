@@ -61,7 +61,7 @@ from lessor.errors import (
     UnknownLease,
 )
 from lessor.factory import TokenFactory
-from lessor.messages import Lease, PoolStats
+from lessor.protocol.messages import Lease, PoolStats
 from lessor.specs import PoolSpec
 
 HOLDERS = ("alice", "bob", "carol")

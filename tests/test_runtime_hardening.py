@@ -211,7 +211,7 @@ def test_unspawnable_targets_and_args_are_refused_at_the_call(runtime: Runtime) 
     try:
         with pytest.raises(TypeError, match=r"args\[1\].*fork context"):
             runtime.spawn_workers(t.hold_until_drained, 1, args=("p", fork_queue))
-        from lessor.worker import check_spawnable
+        from lessor.worker.bootstrap import check_spawnable
 
         check_spawnable(t.hold_until_drained, ("p", spawn_queue))  # a spawn queue crosses
     finally:
@@ -244,7 +244,7 @@ def test_a_target_in_a_main_module_without_a_file_is_refused() -> None:
 MAIN_GUARD_SCRIPT = """
 import json
 from lessor import Runtime
-from lessor.worker import _main_guarded, check_spawnable
+from lessor.worker.bootstrap import _main_guarded, check_spawnable
 
 def top(x=None): return x
 class Top:
@@ -406,7 +406,7 @@ def test_a_failing_worker_leaves_its_traceback_to_its_group_not_to_stderr() -> N
 def test_a_worker_prints_its_traceback_only_when_it_could_not_leave_it(
     where: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from lessor.worker import ENV_TRACEBACK, Spawned, run_worker
+    from lessor.worker.bootstrap import ENV_TRACEBACK, Spawned, run_worker
 
     path = tmp_path / ("missing/tb" if where == "unwritable" else "tb")
     env = {} if where == "unset" else {ENV_TRACEBACK: str(path)}

@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lessor import Acquire, PoolHandle, PoolSpec, TokenFactory, start_pool
-from lessor.client import Client
-from lessor.leases import LeaseOps
-from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, Node
-from lessor.remote import _plainly_valid
+from lessor.handles.ops import LeaseOps
+from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
+from lessor.worker.client import Client
+from lessor.worker.remote import _plainly_valid
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": "high"}, TypeError),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lessor.client import SpinBudget
+from lessor.worker.client import SpinBudget
 
 
 def test_quick_replies_keep_a_budget_of_three_typical_replies() -> None:

@@ -25,12 +25,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from lessor import messages, wire
-from lessor.client import Client
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
-from lessor.messages import Acquire, ErrorReply, GetStats, Hello, Lease, Message, Release
-from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, Node
-from lessor.wire import Kind
+from lessor.protocol import messages, wire
+from lessor.protocol.messages import Acquire, ErrorReply, GetStats, Hello, Lease, Message, Release
+from lessor.protocol.wire import Kind
+from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
+from lessor.worker.client import Client
 from tests.conftest import in_thread, wait_until
 
 WAIT = 5.0  # seconds any event below may take before the test gives up on it
@@ -446,7 +446,7 @@ def test_an_interrupted_wait_cancels_its_request(
 def test_a_remote_acquire_waits_for_the_pools_own_timeout(
     node: Node, clients: list[Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lessor import leases
+    from lessor.handles import ops as leases
 
     monkeypatch.setattr(leases, "ACQUIRE_GRACE", 0.2, raising=False)
     slow = FakePool("slow", acquire_timeout=0.3)  # the pool never answers its Acquires
@@ -468,8 +468,8 @@ def test_a_remote_acquire_waits_for_the_pools_own_timeout(
 def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
     """Pushes come from whichever threads ran pool turns; a shared poll object once
     raised "concurrent poll() invocation" and the push was lost."""
-    from lessor.messages import ReturnParked
-    from lessor.peer import Peer
+    from lessor.protocol.messages import ReturnParked
+    from lessor.transport.peer import Peer
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     peer = Peer(mpc.Connection(ours.detach()), "w", os.getpid())
@@ -511,7 +511,7 @@ def test_a_drain_pushed_before_the_worker_connects_reaches_it(
     node: Node, clients: list[Client]
 ) -> None:
     """A shutdown that starts while a worker is still starting must still drain it."""
-    from lessor.messages import Drain
+    from lessor.protocol.messages import Drain
 
     env = node.env("starting")
     assert node.push("starting", Drain(3.0)) is True  # known, not connected yet

@@ -16,11 +16,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from lessor import GetStats, PoolSpec, Runtime, TokenFactory, wire
-from lessor.client import open_connection
-from lessor.messages import Acquire, ErrorReply, Hello, PoolStats, Release, ReturnParked
-from lessor.node import ENV_AUTHKEY
-from lessor.wire import Kind
+from lessor import GetStats, PoolSpec, Runtime, TokenFactory
+from lessor.protocol import wire
+from lessor.protocol.messages import Acquire, ErrorReply, Hello, PoolStats, Release, ReturnParked
+from lessor.protocol.wire import Kind
+from lessor.transport.node import ENV_AUTHKEY
+from lessor.worker.client import open_connection
 from tests.conftest import wait_until
 from tests.workers import targets
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lessor.errors import DoubleRelease
-from lessor.messages import Lease
+from lessor.protocol.messages import Lease
 
 __all__ = ["RETURN_WINDOW", "LeaseCache"]
 

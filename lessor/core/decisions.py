@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lessor.errors import LessorError
-from lessor.messages import Lease
+from lessor.protocol.messages import Lease
 
 __all__ = [
     "Check",

@@ -45,7 +45,7 @@ from lessor.errors import (
     StaleLease,
     UnknownLease,
 )
-from lessor.messages import Lease, PoolStats
+from lessor.protocol.messages import Lease, PoolStats
 from lessor.specs import PoolSpec
 
 __all__ = [

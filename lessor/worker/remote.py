@@ -6,13 +6,21 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from lessor import leases
 from lessor.core.cache import LeaseCache
-from lessor.leases import LeaseOps
-from lessor.messages import Acquire, Drain, Lease, LeaseExpired, Message, Release, ReturnParked
+from lessor.handles import ops as leases
+from lessor.handles.ops import LeaseOps
+from lessor.protocol.messages import (
+    Acquire,
+    Drain,
+    Lease,
+    LeaseExpired,
+    Message,
+    Release,
+    ReturnParked,
+)
 
 if TYPE_CHECKING:
-    from lessor.client import Client
+    from lessor.worker.client import Client
 
 __all__ = ["RemotePool"]
 

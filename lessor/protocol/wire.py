@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 from lessor.errors import ProtocolError
-from lessor.messages import Message, from_parts, pack, to_parts, unpack
+from lessor.protocol.messages import Message, from_parts, pack, to_parts, unpack
 
 __all__ = [
     "MAX_FRAME",

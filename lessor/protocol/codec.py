@@ -1,6 +1,6 @@
 """The message codec: the base class, the tag registry, field checks, msgpack in and out.
 
-:mod:`lessor.messages` declares the messages; this module gives each one, once, at
+:mod:`lessor.protocol.messages` declares the messages; this module gives each one, once, at
 import time (:func:`seal`):
 
 * a ``__post_init__`` that checks every field against its type hint (TypeError

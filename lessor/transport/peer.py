@@ -13,17 +13,18 @@ import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from lessor import errors, wire
+from lessor import errors
 from lessor.errors import LessorError, ProtocolError
-from lessor.messages import ErrorReply, Message
-from lessor.wire import Kind
+from lessor.protocol import wire
+from lessor.protocol.messages import ErrorReply, Message
+from lessor.protocol.wire import Kind
 
 if TYPE_CHECKING:
-    from lessor.node import Target
+    from lessor.transport.node import Target
 
 __all__ = ["Peer", "WireReply"]
 
-log = logging.getLogger("lessor.node")
+log = logging.getLogger("lessor.transport.node")
 
 
 def _error_name(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lessor.errors import ExpiredLease
-from lessor.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
+from lessor.protocol.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
 
 __all__ = ["ACQUIRE_GRACE", "DEFAULT_ACQUIRE_TIMEOUT", "REQUEST_TIMEOUT", "LeaseOps"]
 

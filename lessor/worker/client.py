@@ -29,12 +29,14 @@ from multiprocessing import connection as mpc
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import TYPE_CHECKING, Any
 
-from lessor import errors, leases, wire
+from lessor import errors
 from lessor import holder as holders
 from lessor.actors.pool import EvictIdle
 from lessor.errors import AcquireTimeout, ActorStopped, LessorError, ProtocolError
-from lessor.leases import LeaseOps
-from lessor.messages import (
+from lessor.handles import ops as leases
+from lessor.handles.ops import LeaseOps
+from lessor.protocol import wire
+from lessor.protocol.messages import (
     Acquire,
     Describe,
     Drain,
@@ -47,18 +49,18 @@ from lessor.messages import (
     Release,
     ReturnParked,
 )
-from lessor.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER, HANDSHAKE_TIMEOUT
-from lessor.remote import RemotePool
+from lessor.protocol.wire import Kind
 from lessor.specs import PoolSpec
-from lessor.spin import SpinBudget
-from lessor.wire import Kind
+from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER, HANDSHAKE_TIMEOUT
+from lessor.transport.spin import SpinBudget
+from lessor.worker.remote import RemotePool
 
 if TYPE_CHECKING:
-    from lessor.handle import PoolHandle
+    from lessor.handles.pool import PoolHandle
 
 __all__ = ["Client", "RemotePool", "SpinBudget", "connect", "open_connection"]
 
-log = logging.getLogger("lessor.client")
+log = logging.getLogger("lessor.worker.client")
 
 #: The longest single wait (a poll, a condition) a client makes; longer waits loop.
 MAX_WAIT = 86400.0
@@ -299,8 +301,8 @@ class Client:
         return pool
 
     def _local_pool(self, name: str) -> PoolHandle:
-        from lessor.handle import start_pool
-        from lessor.quota import local_spec
+        from lessor.handles.pool import start_pool
+        from lessor.worker.local_pools import local_spec
 
         with self._cv:
             handle = self._local.get(name)

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from lessor import holder as holders
-from lessor import wire
 from lessor.actors.base import Reply, answer, answer_error
 from lessor.errors import MapTimeout, ProtocolError, TaskFailed
-from lessor.messages import Message, NextTask, Task, TaskResult
+from lessor.protocol import wire
+from lessor.protocol.messages import Message, NextTask, Task, TaskResult
 
 if TYPE_CHECKING:
-    from lessor.node import Node
     from lessor.supervisor.child import ChildRef
     from lessor.supervisor.workers import GroupOutcome
+    from lessor.transport.node import Node
 
 __all__ = ["MapJob", "map_worker", "run_map"]
 
@@ -171,7 +171,7 @@ def run_map(
 
 def map_worker(job: str, fn: Callable[[Any], Any]) -> None:
     """The target of ``Runtime.map`` workers: ask for items until there are none."""
-    from lessor.client import connect
+    from lessor.worker.client import connect
 
     client = connect()
     while not client.draining.is_set():

@@ -24,8 +24,8 @@ from pykka import ThreadingFuture
 
 from lessor.actors.pool import AwaitDrained, BeginDrain, ReclaimAll, ReclaimHolder
 from lessor.errors import ActorStopped, LessorError, RuntimeStopped
-from lessor.handle import PoolHandle
-from lessor.messages import Lease
+from lessor.handles.pool import PoolHandle
+from lessor.protocol.messages import Lease
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.supervisor import StopChildren
 from lessor.supervisor.workers import StopWorkers

@@ -24,9 +24,9 @@ from lessor.errors import (
     NotPortable,
     PoolClosed,
 )
+from lessor.handles.ops import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
 from lessor.holder import current_holder
-from lessor.leases import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
-from lessor.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
+from lessor.protocol.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef, ChildState
 

@@ -12,7 +12,7 @@ constructor: what a frame may carry is exactly what could be made in-process.
 
 On the wire a message is the msgpack array ``[tag, field1, field2, ...]``. Tags are
 stable integers: never renumber one, only add new ones. The machinery is in
-:mod:`lessor.codec`.
+:mod:`lessor.protocol.codec`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lessor import codec
-from lessor.codec import (
+from lessor.protocol import codec
+from lessor.protocol.codec import (
     _FIELDS,
     Message,
     decode,

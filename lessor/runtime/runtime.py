@@ -25,21 +25,28 @@ from typing import Any
 
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
-from lessor.handle import PoolHandle
+from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
-from lessor.mapjob import MapJob, map_worker, run_map
-from lessor.messages import Lease
-from lessor.node import Node
-from lessor.quota import quota_spec
-from lessor.shutdown import ShutdownReport, deliver, drain, live, make_report, reclaim_holder
-from lessor.shutdown import ask as _ask
+from lessor.protocol.messages import Lease
+from lessor.runtime.mapjob import MapJob, map_worker, run_map
+from lessor.runtime.shutdown import (
+    ShutdownReport,
+    deliver,
+    drain,
+    live,
+    make_report,
+    reclaim_holder,
+)
+from lessor.runtime.shutdown import ask as _ask
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
 from lessor.supervisor.supervisor import AddChild, GetTree, RemoveChild, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
 from lessor.supervisor.workers import GroupOutcome, StopWorkers, WorkerGroup, WorkerSpec
-from lessor.worker import check_spawnable
+from lessor.transport.node import Node
+from lessor.worker.bootstrap import check_spawnable
+from lessor.worker.local_pools import quota_spec
 
 __all__ = ["Runtime", "ShutdownReport"]
 

@@ -24,9 +24,9 @@ from multiprocessing.context import get_spawning_popen, set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, cast
 
-from lessor.client import connect
 from lessor.errors import ActorStopped, ShuttingDown
 from lessor.specs import PoolSpec
+from lessor.worker.client import connect
 
 __all__ = ["ENV_TRACEBACK", "Spawned", "check_spawnable", "run_worker"]
 

@@ -15,8 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from lessor.factory import Factory, TokenFactory
-from lessor.leases import LeaseOps
-from lessor.messages import Lease
+from lessor.handles.ops import LeaseOps
+from lessor.protocol.messages import Lease
 from lessor.specs import PoolSpec
 
 __all__ = ["QuotaFactory", "local_spec", "quota_spec"]

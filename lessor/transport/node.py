@@ -41,15 +41,15 @@ from multiprocessing.connection import (
 from typing import Any, Protocol
 
 from lessor import holder as holders
-from lessor import wire
 from lessor.errors import LessorError, NoSuchPool, ProtocolError
-from lessor.messages import ErrorReply, Hello, Message
-from lessor.peer import Peer, WireReply
-from lessor.wire import Kind
+from lessor.protocol import wire
+from lessor.protocol.messages import ErrorReply, Hello, Message
+from lessor.protocol.wire import Kind
+from lessor.transport.peer import Peer, WireReply
 
 __all__ = ["ENV_ADDRESS", "ENV_AUTHKEY", "ENV_WORKER", "HANDSHAKE_TIMEOUT", "Node", "Target"]
 
-log = logging.getLogger("lessor.node")
+log = logging.getLogger("lessor.transport.node")
 
 ENV_ADDRESS = "LESSOR_ADDRESS"
 ENV_AUTHKEY = "LESSOR_AUTHKEY"
@@ -70,7 +70,7 @@ class Target(Protocol):
     CANCEL frame for a request not yet answered, the node calls ``cancel(reply,
     holder)``: the target calls ``reply.cancel()`` and, if that returns False (a
     grant won the race), gives back ``reply.value``, which the worker will never see
-    (see :class:`~lessor.peer.WireReply`). A target that answers every request inside
+    (see :class:`~lessor.transport.peer.WireReply`). A target that answers every request inside
     ``deliver`` (a map job) has nothing to do.
     """
 

@@ -1,0 +1,1 @@
+"""The handles callers use, the same class in-process and in workers."""

@@ -1,0 +1,1 @@
+"""Messages, their msgpack codec, and the frames that carry them between processes."""

@@ -1,0 +1,1 @@
+"""Sockets between the runtime and its workers: the node, its peers, and spin-waiting."""

@@ -1,0 +1,1 @@
+"""Inside a worker process: bootstrap, the client connection, and its pool handles."""
