@@ -3,7 +3,7 @@
 :mod:`lessor.protocol.messages` declares the messages; this module gives each one, once, at
 import time (:func:`seal`):
 
-* a ``__post_init__`` that checks every field against its type hint (TypeError
+* an ``__init__`` that checks every field against its type hint (TypeError
   naming the field) and the values msgpack can carry (ValueError), then runs the
   class's own value rules (its ``__post_init__``, if it has one);
 * an encoder ``msg -> [tag, field, ...]`` and a decoder back, which calls the
@@ -54,7 +54,7 @@ class Message:
     __slots__ = ()
     TAG: ClassVar[int]
 
-    def __post_init__(self) -> None:  # replaced per class by seal() (so dataclass calls it)
+    def __post_init__(self) -> None:  # a class's own value rules; seal() runs them
         pass
 
 
@@ -164,30 +164,47 @@ def _wrong_value(cls: type[Message], name: str, value: Any) -> ValueError:
     return ValueError(f"{cls.__name__}.{name}: {value!r} cannot travel (NaN or too large)")
 
 
-def _validator(cls: type[Message]) -> Callable[[Message], None]:
-    """Generate ``__post_init__``: each field's type, then its value, then the class's rules."""
+def _initializer(cls: type[Message]) -> Callable[..., None]:
+    """Generate ``__init__``: check each argument's type and value, store it, run the rules.
+
+    Stores go through the slots' own descriptors: a frozen dataclass's
+    ``object.__setattr__`` per field made a Lease cost several microseconds, and
+    one is made on every grant.
+    """
     fields, hints = _FIELDS[cls], typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     extra = cls.__dict__.get("__post_init__")
-    scope: dict[str, Any] = {"cls": cls, "_wrong_type": _wrong_type, "_wrong_value": _wrong_value,
-                             "_extra": extra}  # fmt: skip
-    lines = ["def __post_init__(self):"]
+    scope: dict[str, Any] = {"_cls": cls, "_wrong_type": _wrong_type,
+                             "_wrong_value": _wrong_value, "_extra": extra}  # fmt: skip
+    params, body = ["self"], []
     for i, name in enumerate(fields):
-        hint, var = hints[name], f"a{i}"
+        if name in ("self", *scope) or not name.isidentifier():  # pragma: no cover
+            raise TypeError(f"{cls.__name__}: field name {name!r} cannot be a parameter")
+        default = defaults[name]
+        if default is dataclasses.MISSING:
+            params.append(name)
+        else:
+            scope[f"_d{i}"] = default
+            params.append(f"{name}=_d{i}")
+        hint = hints[name]
         scope[f"_c{i}"] = _compile(hint)
-        test, value = _type_test(hint, var, i), _value_test(hint, var, i)
-        if test == "True":
-            continue
-        lines += [
-            f"    {var} = self.{name}",
-            f"    if not {test}:",
-            f"        raise _wrong_type(cls, {name!r}, {var}, {_describe(hint)!r})",
-        ]
+        scope[f"_s{i}"] = getattr(cls, name).__set__  # the slot's member descriptor
+        test, value = _type_test(hint, name, i), _value_test(hint, name, i)
+        if test != "True":
+            body += [
+                f"    if not {test}:",
+                f"        raise _wrong_type(_cls, {name!r}, {name}, {_describe(hint)!r})",
+            ]
         if value != "True":
-            lines += [f"    if not {value}:", f"        raise _wrong_value(cls, {name!r}, {var})"]
-    lines.append("    _extra(self)" if extra is not None else "    pass")
-    exec("\n".join(lines), scope)  # the source is built from our own type hints only
-    check: Callable[[Message], None] = scope["__post_init__"]
-    return check
+            body += [f"    if not {value}:", f"        raise _wrong_value(_cls, {name!r}, {name})"]
+    body += [f"    _s{i}(self, {name})" for i, name in enumerate(fields)]
+    if extra is not None:
+        body.append("    _extra(self)")
+    source = "\n".join([f"def __init__({', '.join(params)}):", *body, "    pass"])
+    exec(source, scope)  # the source is built from our own type hints only
+    init: Callable[..., None] = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 # -- wire form -------------------------------------------------------------------------
@@ -234,7 +251,7 @@ def seal() -> None:
     """Give every registered class its field checks, encoder and decoder (once, at import)."""
     for cls in _REGISTRY.values():
         if cls not in _ENCODERS:
-            setattr(cls, "__post_init__", _validator(cls))  # noqa: B010 - no method-assign
+            setattr(cls, "__init__", _initializer(cls))  # noqa: B010 - no method-assign
             _DECODERS[cls.TAG] = _decoder(cls)
             _ENCODERS[cls] = _encoder(cls)
 
