@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lessor.core.pool import (
+    AskBack,
     Check,
     Create,
     Decision,
@@ -223,7 +224,10 @@ def test_orphans_count_as_used_and_their_holders_are_asked_back() -> None:
                     reusable=False, rng=random.Random(1), orphans=[orphan])  # fmt: skip
     owner = Owner(core)
     mine = owner.lease(0.0, "t1", holder="h1")
-    assert owner.acquire(1.0, "t2", holder="h2") == []  # no room: the orphan uses it
+    # No room: the orphan uses it. Its holder, a worker, is asked for it; h1 is not.
+    (ask,) = owner.acquire(1.0, "t2", holder="h2")
+    assert ask == AskBack(("worker:w:1",))
+    assert [(h.kind, h.id) for h in ask.holders] == [("worker", "w:1")]
     assert core.exhausted and core.starved
     assert set(core.holders()) == {"h1", "worker:w:1"}
     out = core.release(2.0, orphan.id, orphan.holder)

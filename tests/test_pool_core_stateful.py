@@ -16,6 +16,14 @@ it. The clock moves either with a ``tick``, which first times out every waiter w
 deadline has passed, or (the owner's timer running late) without one but never up to
 a waiter's deadline; so every queued waiter is within its deadline whenever an
 assignment is made, and "the best queued waiter" is exactly the rule.
+
+Recall, drain and refused grants are checked against the model's own books too.
+``AskBack`` goes out only while the pool is starved (nothing idle, no room, more
+queued than being made), names exactly the worker holders with a lease out, comes
+at once when starvation begins and then no sooner than ``RECALL_INTERVAL`` after the
+previous one, and is due again (``next_deadline``) only while some worker was asked.
+``Drained`` answers each drain ticket exactly once, when no lease is out (or at
+``close``). A refused grant goes straight back to idle, with no reset.
 """
 
 from __future__ import annotations
@@ -38,10 +46,13 @@ from hypothesis.stateful import (
 )
 
 from lessor.core.pool import (
+    RECALL_INTERVAL,
+    AskBack,
     Check,
     Create,
     Decision,
     Destroy,
+    Drained,
     Expired,
     Fail,
     Grant,
@@ -61,10 +72,18 @@ from lessor.errors import (
     UnknownLease,
 )
 from lessor.factory import TokenFactory
+from lessor.holder import ANONYMOUS, Holder
 from lessor.protocol.messages import Lease, PoolStats
 from lessor.specs import PoolSpec
 
-HOLDERS = ("alice", "bob", "carol")
+HOLDERS = (
+    Holder.thread(7, 11, 1),
+    Holder.actor("urn:uuid:bob"),
+    Holder.worker("w1", 101),
+    Holder.worker("w2", 102),
+    ANONYMOUS,
+)
+BY_TEXT = {str(h): h for h in HOLDERS}  # a Lease carries its holder as plain text
 EPOCH = "e2"
 PAST_EPOCH = "e1"
 OUTCOME = st.sampled_from([True, True, True, False])  # of a create, check or reset
@@ -73,7 +92,7 @@ OUTCOME = st.sampled_from([True, True, True, False])  # of a create, check or re
 @dataclass
 class Waiter:
     ticket: int
-    holder: str
+    holder: Holder
     priority: int
     seq: int
     deadline: float
@@ -126,6 +145,13 @@ class PoolModel(RuleBasedStateMachine):
         self.reclaiming: str | None = None  # holder being reclaimed, during reclaim_holder
         self.failing_since: float | None = None  # last create outcome was a failure, when
         self.last_error: BaseException | None = None
+        # recall: the last AskBack of this starved spell, and when the next one is due
+        self.asked_at: float | None = None
+        self.recall_due: float | None = None
+        # drain
+        self._drain_tickets = itertools.count()
+        self.pending_drains: set[str] = set()
+        self.drained: set[str] = set()
 
     # -- setup -------------------------------------------------------------------------
 
@@ -220,6 +246,7 @@ class PoolModel(RuleBasedStateMachine):
         assert isinstance(out, list)
         expected_grant = checked
         expired: set[str] = set()
+        asks = [d for d in out if isinstance(d, AskBack)]
         for d in out:
             if isinstance(d, Create):
                 self.on_create()
@@ -248,6 +275,10 @@ class PoolModel(RuleBasedStateMachine):
                 assert (d.why == "expired") == (d.lease.id in expired), d
                 expired.discard(d.lease.id)
                 self.on_reclaimed(d)
+            elif isinstance(d, Drained):
+                self.on_drained(d)
+            elif isinstance(d, AskBack):
+                pass  # checked below, against the books after the whole call
             else:  # pragma: no cover
                 raise AssertionError(f"unknown decision {d!r}")
         assert expected_grant is None, f"checked() did not grant {expected_grant}"
@@ -261,6 +292,51 @@ class PoolModel(RuleBasedStateMachine):
             self.idle_since[resource] = self.now
         for resource in self.idle_since.keys() - idle:
             del self.idle_since[resource]
+        self.check_recall(asks)
+        if self.pending_drains:
+            assert self.held, f"no lease out but {self.pending_drains} not answered Drained"
+
+    def starved(self) -> bool:
+        """The model's own: nothing idle, no room to make more, more queued than coming."""
+        exhausted = (
+            not self.idle_resources()
+            and len(self.alive) + self.pending_creates >= self.spec.max_size
+        )
+        return exhausted and len(self.queued) > self.pending_creates
+
+    def givers(self) -> set[Holder]:
+        """Holders that can give a lease back: worker processes with a lease out."""
+        holders = {BY_TEXT[lease.holder] for lease in self.held.values()}
+        return {h for h in holders if h.kind == "worker"}
+
+    def check_recall(self, asks: list[AskBack]) -> None:
+        """After a call: an AskBack iff starved, a worker holds a lease, and one is due."""
+        assert len(asks) <= 1, f"several AskBack in one call: {asks}"
+        if not self.starved():
+            assert not asks, f"{asks} but the pool is not starved"
+            self.asked_at = self.recall_due = None
+            return
+        due = self.asked_at is None or self.now >= self.asked_at + RECALL_INTERVAL
+        givers = self.givers()
+        if asks:
+            (ask,) = asks
+            assert due, f"asked again at {self.now:g}, the last AskBack at {self.asked_at:g}"
+            assert all(isinstance(h, Holder) and h.kind == "worker" for h in ask.holders), ask
+            assert len(set(ask.holders)) == len(ask.holders), f"{ask} names a holder twice"
+            assert set(ask.holders) == givers, f"{ask} but the workers holding are {givers}"
+            self.asked_at, self.recall_due = self.now, self.now + RECALL_INTERVAL
+        elif due:
+            assert not givers, f"starved, {givers} hold leases, an AskBack is due: none came"
+            self.recall_due = None  # nobody to ask: no wake-up for it
+
+    def on_drained(self, d: Drained) -> None:
+        ticket = d.ticket
+        assert isinstance(ticket, str)
+        assert ticket not in self.drained, f"{ticket} answered Drained twice"
+        assert ticket in self.pending_drains, f"Drained for {ticket}, which never asked"
+        assert self.closed or not self.held, f"Drained {ticket} with {len(self.held)} out"
+        self.pending_drains.discard(ticket)
+        self.drained.add(ticket)
 
     def on_create(self) -> None:
         assert not self.closed, "Create from a closed pool"
@@ -311,6 +387,7 @@ class PoolModel(RuleBasedStateMachine):
                 "reset failed",
                 "expired",
                 "holder died",
+                "pool stopped",
             ), d
 
     def on_grant(self, d: Grant, expected: tuple[int, Any] | None) -> None:
@@ -374,13 +451,13 @@ class PoolModel(RuleBasedStateMachine):
         ttl=st.sampled_from([None, None, 1.0, 5.0]),
     )
     def acquire(
-        self, holder: str, priorities: list[int], timeout: float | None, ttl: float | None
+        self, holder: Holder, priorities: list[int], timeout: float | None, ttl: float | None
     ) -> None:
         for priority in priorities:
             self.acquire_one(holder, priority, timeout, ttl)
 
     def acquire_one(
-        self, holder: str, priority: int, timeout: float | None, ttl: float | None
+        self, holder: Holder, priority: int, timeout: float | None, ttl: float | None
     ) -> None:
         ticket = next(self._tickets)
         before = self.pool.stats()
@@ -430,7 +507,9 @@ class PoolModel(RuleBasedStateMachine):
 
     @rule(
         data=st.data(),
-        kind=st.sampled_from(["bad release", "renew", "cancel", "reclaim holder"]),
+        kind=st.sampled_from(
+            ["bad release", "renew", "cancel", "reclaim holder", "drain", "reclaim all"]
+        ),
     )
     def disturb(self, data: st.DataObject, kind: str) -> None:
         """The less common requests, folded into one rule so that together they take
@@ -441,6 +520,10 @@ class PoolModel(RuleBasedStateMachine):
             self.cancel(data, data.draw(st.booleans(), label="late"))
         elif kind == "reclaim holder" and self.held:
             self.reclaim_holder(data)
+        elif kind == "drain":
+            self.await_drained(data)
+        elif kind == "reclaim all" and self.held:
+            self.reclaim_all()
         else:
             kinds = ["double", "reclaimed", "foreign", "unknown", "stale"]
             self.bad_release(data, data.draw(st.sampled_from(kinds), label="bad"))
@@ -456,7 +539,7 @@ class PoolModel(RuleBasedStateMachine):
         )
         self.held[lease.id] = renewed
 
-    def refused(self, error: type[LessorError], lease_id: str, holder: str) -> None:
+    def release_refused(self, error: type[LessorError], lease_id: str, holder: str) -> None:
         before = self.pool.stats()
         leases = sorted(self.pool.leases(), key=lambda lz: lz.id)
         deadline = self.pool.next_deadline()
@@ -476,17 +559,17 @@ class PoolModel(RuleBasedStateMachine):
         }
         if kind == "double" and ended["released"]:
             lease_id = data.draw(st.sampled_from(ended["released"]), label="lease_id")
-            self.refused(DoubleRelease, lease_id, holder)
+            self.release_refused(DoubleRelease, lease_id, holder)
         elif kind == "reclaimed" and ended["reclaimed"]:
             lease_id = data.draw(st.sampled_from(ended["reclaimed"]), label="lease_id")
-            self.refused(ExpiredLease, lease_id, holder)
+            self.release_refused(ExpiredLease, lease_id, holder)
         elif kind == "foreign" and self.held:
             lease = self.held_lease(data)
             other = data.draw(st.sampled_from([h for h in HOLDERS if h != lease.holder]))
-            self.refused(ForeignLease, lease.id, other)
+            self.release_refused(ForeignLease, lease.id, other)
         elif kind == "stale":
             n = data.draw(st.integers(1, 5), label="n")
-            self.refused(StaleLease, f"p/{PAST_EPOCH}/{n}", holder)
+            self.release_refused(StaleLease, f"p/{PAST_EPOCH}/{n}", holder)
         else:
             lease_id = data.draw(
                 st.sampled_from(
@@ -494,7 +577,7 @@ class PoolModel(RuleBasedStateMachine):
                 ),
                 label="lease_id",
             )
-            self.refused(UnknownLease, lease_id, holder)
+            self.release_refused(UnknownLease, lease_id, holder)
 
     def cancel(self, data: st.DataObject, late: bool) -> None:
         """The caller gave up: a waiting ticket, or (late) one already answered."""
@@ -503,7 +586,8 @@ class PoolModel(RuleBasedStateMachine):
         choices = (answered or pending) if late else (pending or answered)
         ticket = data.draw(st.sampled_from(choices), label="ticket")
         before = self.pool.stats()
-        assert self.pool.cancel(self.now, ticket) == []
+        out = self.pool.cancel(self.now, ticket)
+        assert all(isinstance(d, AskBack) for d in out), out  # still starved: ask again
         if self.active(ticket):
             self.cancelled.add(ticket)
             self.queued.pop(ticket, None)
@@ -511,13 +595,14 @@ class PoolModel(RuleBasedStateMachine):
             assert self.pool.stats().waiting == before.waiting - 1
         else:
             assert self.pool.stats() == before
+        self.apply(out)
 
     def reclaim_holder(self, data: st.DataObject) -> None:
         """A holder with leases died: its leases come back, its waiters are dropped."""
         holder = data.draw(st.sampled_from(sorted({lz.holder for lz in self.held.values()})))
         mine = [lz for lz in self.held.values() if lz.holder == holder]
-        assert sorted(self.pool.leases_of(holder)) == sorted(lz.id for lz in mine)
-        out = self.pool.reclaim_holder(self.now, holder, "holder died")
+        assert sorted(self.pool.leases_of(BY_TEXT[holder])) == sorted(lz.id for lz in mine)
+        out = self.pool.reclaim_holder(self.now, BY_TEXT[holder], "holder died")
         reclaimed = [d for d in out if isinstance(d, Reclaimed)]
         assert sorted(reclaimed, key=lambda r: r.lease.id) == sorted(
             (Reclaimed(lz, "holder died") for lz in mine), key=lambda r: r.lease.id
@@ -534,9 +619,65 @@ class PoolModel(RuleBasedStateMachine):
             self.apply(out)
         finally:
             self.reclaiming = None
-        assert self.pool.leases_of(holder) == []
+        assert self.pool.leases_of(BY_TEXT[holder]) == []
         left = [t for t in [*self.queued, *self.in_check] if self.all_waiters[t].holder == holder]
         assert left == [], f"{holder} is gone but still waits for {left}"
+
+    @precondition(lambda self: self.held or self.ended)
+    @rule(data=st.data())
+    def refuse(self, data: st.DataObject) -> None:
+        """A grant whose caller was gone (its reply refused it) comes back: to idle, no
+        reset. One already back (released, reclaimed) or a wrong holder: nothing."""
+        sometimes = st.sampled_from([False, False, True])
+        late = not self.held or (bool(self.ended) and data.draw(sometimes, label="late"))
+        if late:
+            before, deadline = self.pool.stats(), self.pool.next_deadline()
+            lease_id = data.draw(st.sampled_from(sorted(self.ended)), label="lease_id")
+            holder = data.draw(st.sampled_from(HOLDERS), label="holder")
+            assert self.pool.refused(self.now, lease_id, holder) == []
+            assert self.pool.stats() == before and self.pool.next_deadline() == deadline
+            return
+        lease = self.held_lease(data)
+        if data.draw(sometimes, label="wrong holder"):
+            other = data.draw(st.sampled_from([h for h in HOLDERS if h != lease.holder]))
+            before = self.pool.stats()
+            assert self.pool.refused(self.now, lease.id, other) == []
+            assert self.pool.stats() == before
+            return
+        out = self.pool.refused(self.now, lease.id, lease.holder)
+        del self.held[lease.id]
+        self.ended[lease.id] = "released"
+        assert not any(isinstance(d, (Reset, Reclaimed, Expired)) for d in out), out
+        gone = [d for d in out if isinstance(d, Destroy) and d.resource == lease.resource]
+        assert all(d.reason in ("lifetime", "closed") for d in gone), gone
+        self.apply(out)
+        if not gone:  # idle, or straight on to the next waiter (granted or in its check)
+            assert lease.resource not in self.pending_resets.values(), f"{lease} was reset"
+            assert (
+                lease.resource in self.idle_resources()
+                or lease.resource in self.held_resources()
+                or lease.resource in self.pending_checks.values()
+            ), f"refused {lease} neither idle nor handed on: {out}"
+
+    def await_drained(self, data: st.DataObject) -> None:
+        """Drain: answered at once if no lease is out, else once the last one ends."""
+        ticket = f"d{next(self._drain_tickets)}"
+        out = self.pool.await_drained(self.now, ticket)
+        if self.closed or not self.held:
+            assert out == [Drained(ticket)], out
+            self.drained.add(ticket)
+        else:
+            assert out == [], out
+            self.pending_drains.add(ticket)
+
+    def reclaim_all(self) -> None:
+        """The shutdown deadline passed: every lease is taken back."""
+        taken, out = self.pool.reclaim_all(self.now, "pool stopped")
+        assert sorted(taken, key=lambda lz: lz.id) == sorted(
+            self.held.values(), key=lambda lz: lz.id
+        )
+        assert [d.lease for d in out if isinstance(d, Reclaimed)] == taken
+        self.apply(out)
 
     # -- slow work coming back ---------------------------------------------------------
 
@@ -660,9 +801,11 @@ class PoolModel(RuleBasedStateMachine):
     @rule()
     def close(self) -> None:
         pending = {t for t in [*self.queued, *self.in_check] if self.active(t)}
+        drains = set(self.pending_drains)
         self.closed = True
         out = self.pool.close(self.now)
         assert {d.ticket for d in out if isinstance(d, Fail)} == pending
+        assert {d.ticket for d in out if isinstance(d, Drained)} == drains
         self.apply(out)
         self.queued.clear()
         assert self.pool.stats().idle == 0
@@ -732,6 +875,8 @@ class PoolModel(RuleBasedStateMachine):
         nd = self.pool.next_deadline()
         due = [self.all_waiters[t].deadline for t in [*self.queued, *self.in_check]]
         due += [lz.expires_at for lz in self.held.values() if lz.expires_at is not None]
+        if self.recall_due is not None:  # some worker was asked: ask again then
+            due.append(self.recall_due)
         if due:
             assert nd is not None and nd <= min(due)
         if (

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from lessor.errors import LessorError
+from lessor.holder import Holder
 from lessor.protocol.messages import Lease
 
 __all__ = [
+    "AskBack",
     "Check",
     "Create",
     "Decision",
     "Destroy",
+    "Drained",
     "Expired",
     "Fail",
     "Grant",
@@ -85,4 +88,22 @@ class Expired:
     lease: Lease
 
 
-Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed
+@dataclass(frozen=True, slots=True)
+class AskBack:
+    """Acquires wait and only a release can serve them: ask these holders to give back.
+
+    Only holders that cache leases they are not using (worker processes) are asked;
+    the owner sends each one a ``ReturnParked``. Repeated while the pool stays starved.
+    """
+
+    holders: tuple[Holder, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """Answer the drain waiter ``ticket``: no lease is out any more (or the pool closed)."""
+
+    ticket: object
+
+
+Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed | AskBack | Drained

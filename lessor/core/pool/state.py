@@ -1,0 +1,251 @@
+"""The parts of one pool and how they move together; :class:`PoolCore` drives them.
+
+``PoolState`` owns the parts (wait queue, resources, ledger, backoff, recall) and
+the moves every call ends with: serve waiters, plan creations, grant, reclaim, ask
+for leases back, answer drain waiters. It makes no decision of its own; the calls
+an owner makes are :class:`lessor.core.pool.core.PoolCore`'s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from lessor.core.decisions import Create, Decision, Drained, Grant, Reclaimed
+from lessor.core.pool.backoff import Backoff
+from lessor.core.pool.ledger import Ledger, Loan
+from lessor.core.pool.recall import Recall
+from lessor.core.pool.slots import Slot, Slots
+from lessor.core.pool.stats import Counters, snapshot
+from lessor.core.pool.waitqueue import Waiter, WaitQueue
+from lessor.errors import AcquireTimeout
+from lessor.holder import Holder
+from lessor.protocol.messages import Lease, PoolStats
+from lessor.specs import PoolSpec
+
+__all__ = ["PoolState"]
+
+_CREATE = Create()
+
+
+class PoolState:
+    """Bookkeeping for one pool incarnation.
+
+    ``epoch`` makes its lease ids unique across restarts; ``past_epochs`` are the
+    earlier incarnations' epochs, whose leases are reported as stale, not unknown.
+    ``orphans`` are leases a crashed incarnation left with live holders (see
+    :mod:`lessor.core.pool.ledger`).
+    """
+
+    def __init__(
+        self,
+        spec: PoolSpec,
+        *,
+        epoch: str,
+        has_check: bool = False,
+        has_reset: bool = False,
+        reusable: bool = False,
+        rng: random.Random | None = None,
+        past_epochs: frozenset[str] = frozenset(),
+        orphans: Sequence[Lease] = (),
+    ) -> None:
+        self.spec = spec
+        self.epoch = epoch
+        self._has_check = has_check
+        self._has_reset = has_reset
+        self._reusable = reusable
+        rng = rng or random.Random()
+        self.counters = Counters()
+        self._slots = Slots(spec, rng, self.counters)
+        self._queue = WaitQueue()
+        self._ledger = Ledger(spec.name, epoch, past_epochs, orphans)
+        self._backoff = Backoff(spec.create_backoff, spec.create_backoff_max, rng)
+        self._recall = Recall()
+        self._drain_tickets: list[object] = []
+        self._admitting = True
+
+    # -- views -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._slots.closed
+
+    @property
+    def size(self) -> int:
+        return len(self._slots)
+
+    @property
+    def idle(self) -> int:
+        return len(self._slots.idle)
+
+    @property
+    def checking(self) -> int:
+        """Resources in a check (before a borrow) or a reset (after a return)."""
+        return len(self._slots.checking)
+
+    @property
+    def leased(self) -> int:
+        return len(self._ledger)
+
+    @property
+    def creating(self) -> int:
+        return self._slots.creating
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.waiting
+
+    @property
+    def orphans(self) -> int:
+        return self._ledger.orphans
+
+    def leases(self) -> list[Lease]:
+        return [loan.lease for loan in self._ledger.loans()]
+
+    def handover(self) -> list[Lease]:
+        """Leases still out (this incarnation's and inherited ones), for the next incarnation."""
+        return [*self.leases(), *self._ledger.orphan_leases()]
+
+    def holders(self) -> list[Holder]:
+        """Everyone who holds a lease of this pool now, orphans of a past incarnation too."""
+        return self._ledger.holders()
+
+    def leases_of(self, holder: Holder) -> list[str]:
+        return self._ledger.leases_of(holder)
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing idle and no room to make more: a new Acquire has to wait for a release."""
+        slots = self._slots
+        used = len(slots) + slots.creating + self._ledger.orphans
+        return not slots.idle and used >= self.spec.max_size
+
+    @property
+    def starved(self) -> bool:
+        """Acquires wait and only a release can serve them: time to ask holders to give back.
+
+        Waiters that resources being made right now will serve do not count.
+        """
+        return self.exhausted and len(self._queue.queued) > self._slots.creating
+
+    def stats(self) -> PoolStats:
+        return snapshot(
+            self.spec.name,
+            self.counters,
+            size=self.size,
+            idle=self.idle,
+            leased=self.leased,
+            checking=self.checking,
+            creating=self.creating,
+            waiting=self.waiting,
+        )
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _settle(self, now: float, out: list[Decision]) -> None:
+        """After every change: serve waiters, ask for leases back, answer drain waiters."""
+        queued, slots = self._queue.queued, self._slots
+        if queued or len(slots) + slots.creating < self.spec.min_size:
+            self._dispatch(now, out)
+        # (the common Release skips all of it: nobody waits, nothing to make or ask)
+        if queued or self._recall.asked_at is not None:
+            self._update_recall(now, out)
+        if self._drain_tickets and self._drained:
+            out += [Drained(ticket) for ticket in self._drain_tickets]
+            self._drain_tickets.clear()
+
+    @property
+    def _drained(self) -> bool:
+        """No lease out, not even an orphan."""
+        return not len(self._ledger) and not self._ledger.orphans
+
+    def _update_recall(self, now: float, out: list[Decision]) -> None:
+        if self._queue.queued and not self._slots.closed and self.starved:
+            self._recall.update(now, self._ledger.holders, out)
+        else:
+            self._recall.stop()
+
+    def _dispatch(self, now: float, out: list[Decision]) -> None:
+        """Match queued waiters with idle resources, then plan creations for the rest."""
+        queue, slots = self._queue, self._slots
+        while queue.queued and slots.idle:
+            slot = slots.take_idle(now, out)
+            if slot is None:
+                break
+            waiter = queue.pop_best()
+            if self._has_check:
+                queue.serve(slot.id, waiter)
+                slots.check(slot, out)
+            else:
+                self._grant_waiter(now, waiter, slot, out)
+        self._plan_creates(now, out)
+
+    def _demand(self) -> int:
+        slots = self._slots
+        resetting = len(slots.checking) - self._queue.serving
+        for_waiters = len(self._queue.queued) - slots.creating - resetting
+        for_min = self.spec.min_size - len(slots) - slots.creating
+        return max(for_waiters, for_min)
+
+    def _plan_creates(self, now: float, out: list[Decision]) -> None:
+        if self._slots.closed:
+            return
+        slots = self._slots
+        room = self.spec.max_size - len(slots) - slots.creating - self._ledger.orphans
+        if room <= 0:
+            return
+        want = self._demand()
+        if want <= 0:
+            return
+        n = min(self._backoff.allowed(now, slots.creating, want), room)
+        if n > 0:
+            slots.creating += n
+            out.extend([_CREATE] * n)
+
+    def _grant(
+        self,
+        now: float,
+        ticket: object,
+        holder: Holder,
+        ttl: float | None,
+        enqueued_at: float,
+        slot: Slot,
+        out: list[Decision],
+    ) -> None:
+        if ttl is None:
+            ttl = self.spec.lease_ttl
+        expires_at = None if ttl is None else now + ttl
+        contended = bool(self._queue.queued)  # others still wait after this grant
+        lease = self._ledger.lend(now, slot.resource, holder, expires_at, contended, slot.id)
+        self.counters.acquired += 1
+        self.counters.wait_ms.add((now - enqueued_at) * 1000.0)
+        out.append(Grant(ticket, lease))
+
+    def _grant_waiter(self, now: float, waiter: Waiter, slot: Slot, out: list[Decision]) -> None:
+        self._grant(now, waiter.ticket, waiter.holder, waiter.ttl, waiter.enqueued_at, slot, out)
+
+    def _reclaim(self, now: float, loan: Loan, why: str, out: list[Decision]) -> None:
+        slots, lease = self._slots, loan.lease
+        slot = slots.all[loan.slot]
+        self._ledger.end(loan, why)
+        out.append(Reclaimed(lease, why))
+        self.counters.reclaimed += 1
+        self.counters.hold_ms.add((now - lease.granted_at) * 1000.0)
+        if self._reusable and self._has_reset and not self._slots.closed:
+            slots.reset(slot, out)  # like any returned resource
+        elif self._reusable:
+            slots.to_idle(now, slot, out)
+        else:  # the holder may still be touching it
+            slots.destroy(slot, why, out)
+
+    def _timeout_error(self, waiter: Waiter) -> AcquireTimeout:
+        text = (
+            f"no resource from pool {self.spec.name!r} within {waiter.timeout:g}s "
+            f"(size {len(self._slots)}/{self.spec.max_size}, {self.leased} leased)"
+        )
+        cause = self._backoff.last_error
+        if cause is not None:  # name it: "password authentication failed" beats a bare timeout
+            text += f"; the factory is failing: {type(cause).__name__}: {cause}".rstrip()
+        err = AcquireTimeout(text)
+        err.__cause__ = cause
+        return err
