@@ -1,72 +1,43 @@
-"""What every lessor actor shares: the turn, deferred replies, and holder identity.
+"""What every lessor actor shares: the turn, its mailbox, and deferred replies.
 
-pykka answers an ask with whatever ``on_receive`` returns, so an actor could only
-answer an Acquire by blocking until a resource is free. lessor's inbox instead
-hands the actor each lessor message as a :class:`Call` that carries its reply
-target and holder: the actor answers now, or keeps the Call and answers when the
-pool decides. Plain ``ActorRef.ask(Acquire(...))`` works the same way.
+**Whoever holds the turn drains the mailbox (flat combining).** A request is put
+in the actor's mailbox; the thread that put it then tries to take the turn. If the
+actor is idle, that thread (an in-process caller, a node reader, a factory thread)
+handles its own message and anything queued behind it, so a request costs no
+thread hand-off. If another thread holds the turn, the request waits in the
+mailbox and that thread handles it. Messages are still handled one at a time and
+in order; pykka's own thread is just another drainer (lifecycle hooks, timer
+wake-ups). A plain ``ActorRef.ask(Acquire(...))`` takes the same path.
 
-**Decide under the turn, act outside it.** A turn (one message, on whichever
-thread runs it) only changes state and queues *effects*: replies, pushes, factory
-submissions, log events. They are carried out by the same thread once the turn is
-released, so no reply, socket send, factory call or user callback ever runs while
-the actor is locked, and nothing can re-enter it synchronously (psycopg_pool's
-rule for ``getconn``). A grant its caller no longer takes (``Reply.set`` returns
-False: the caller gave up, or its worker died) comes back to the actor in a turn
-of its own, through :meth:`LessorActor.on_refused`.
+**Decide under the turn, act outside it.** A turn only changes state and queues
+*effects* (replies, pushes, factory submissions, log events); they are carried out
+by the same thread once the turn is released, so no reply, socket send, factory
+call or user callback runs while the actor is locked, and nothing re-enters it
+synchronously. A grant its caller no longer takes (``Reply.set`` returns False)
+comes back to the actor in a turn of its own, through :meth:`LessorActor.on_refused`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
-import sys
 import threading
-import time
 import weakref
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, cast
 
 import pykka
 
-from lessor.actors._pykka_compat import is_stop
-from lessor.errors import ActorStopped, ExpiredLease, LessorError, PoolClosed, ProtocolError
-from lessor.holder import ANONYMOUS
+from lessor.actors._pykka_compat import DivertingInbox, install_diverting_inbox
+from lessor.actors.reply import Reply, answer, answer_error
+from lessor.errors import ExpiredLease, LessorError, ProtocolError
+from lessor.holder import ANONYMOUS, Holder
 from lessor.protocol.messages import Lease, Message
 
-__all__ = [
-    "DEFERRED",
-    "Call",
-    "LessorActor",
-    "OneShot",
-    "Reply",
-    "answer",
-    "answer_error",
-    "clamp_wait",
-    "post",
-]
+__all__ = ["DEFERRED", "Call", "LessorActor", "actor_of"]
 
 log = logging.getLogger("lessor.actors")
-
-#: The longest single wait handed to a lock or poll (longer ones overflow there).
-MAX_WAIT = min(threading.TIMEOUT_MAX, 86_400.0)
-
-
-def clamp_wait(timeout: float) -> float:
-    """A wait that every blocking primitive accepts: 0 <= t <= MAX_WAIT seconds."""
-    return min(max(timeout, 0.0), MAX_WAIT)
-
-
-class Reply(Protocol):
-    """Where an answer goes: a :class:`OneShot` in-process, a wire reply across processes.
-
-    ``set`` returns whether the answer was taken: False once the caller cancelled or
-    is gone, so a grant is never lost and never handed to nobody.
-    """
-
-    def set(self, value: Any = None) -> bool | None: ...
-
-    def set_exception(self, exc_info: Any = None) -> bool | None: ...
 
 
 class Call:
@@ -74,141 +45,14 @@ class Call:
 
     __slots__ = ("holder", "message", "reply")
 
-    def __init__(self, message: Message, reply: Reply | None, holder: str) -> None:
+    def __init__(self, message: Message, reply: Reply | None, holder: Holder) -> None:
         self.message = message
         self.reply = reply
         self.holder = holder
 
 
-class _Plain:
-    """An envelope whose reply the actor owns; pykka sees no reply_to and sends none."""
-
-    __slots__ = ("message", "reply_to")
-
-    def __init__(self, message: Any, reply_to: Reply | None = None) -> None:
-        self.message = message
-        self.reply_to = reply_to
-
-
-def post(ref: Any, message: Message, reply: Reply | None, holder: str) -> None:
-    """Put a request in an actor's inbox with its holder and reply target (no wrapping later)."""
-    ref.actor_inbox.put(_Plain(Call(message, reply, holder)))
-
-
-class OneShot:
-    """A reply target a caller blocks on: a lock released once, lighter than a pykka future.
-
-    ``set`` and ``cancel`` race for one claim (a list pop, atomic under the GIL), so
-    exactly one of "answered" and "cancelled" happens: a caller whose wait timed out
-    either cancels (and the actor's later grant is refused and released) or finds
-    the answer that just arrived and uses it.
-    """
-
-    __slots__ = ("_claim", "_done", "_error", "_stored", "_value")
-
-    def __init__(self) -> None:
-        self._claim = [True]
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._stored = False
-
-    def set(self, value: Any = None) -> bool:
-        try:
-            self._claim.pop()
-        except IndexError:  # cancelled, or answered already
-            return False
-        self._value = value
-        self._stored = True
-        self._done.release()
-        return True
-
-    def set_exception(self, exc_info: Any = None) -> bool:
-        try:
-            self._claim.pop()
-        except IndexError:
-            return False
-        self._error = (exc_info or sys.exc_info())[1]
-        self._stored = True
-        self._done.release()
-        return True
-
-    def cancel(self) -> bool:
-        """Give up on the answer; False if it was already given (then ``get`` returns it)."""
-        try:
-            self._claim.pop()
-        except IndexError:
-            return False
-        return True
-
-    def get(self, timeout: float | None = None) -> Any:
-        """The answer; raises it if it is an error, or TimeoutError if none came in time.
-
-        On TimeoutError the reply is cancelled: an answer can no longer be taken.
-        """
-        done = self._done
-        if done.acquire(timeout=-1 if timeout is None else clamp_wait(timeout)):
-            done.release()  # (never needed again: an interrupt right here loses nothing)
-        elif self.cancel():
-            raise TimeoutError
-        return self.result()
-
-    def result(self) -> Any:
-        """The answer, once ``set`` has won the claim (``cancel`` returned False)."""
-        while not self._stored:  # set() is between its claim and its store: a moment
-            time.sleep(0)
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def answer(reply: Reply | None, value: Any) -> bool:
-    """Hand ``value`` to ``reply``; whether it was taken (never raises)."""
-    if reply is None:
-        return True
-    try:
-        return reply.set(value) is not False
-    except queue.Full:  # a pykka future answered already
-        return False
-    except Exception:
-        log.exception("a reply target failed to take its answer")
-        return False
-
-
-def answer_error(reply: Reply | None, exc: BaseException) -> bool:
-    if reply is None:
-        return True
-    try:
-        return reply.set_exception(exc_info=(type(exc), exc, exc.__traceback__)) is not False
-    except queue.Full:
-        return False
-    except Exception:
-        log.exception("a reply target failed to take its error")
-        return False
-
-
-class _CallInbox(queue.SimpleQueue):  # type: ignore[type-arg]
-    def __init__(self) -> None:
-        super().__init__()
-        self._stopped = threading.Event()  # replaced by the actor's own stop event
-        self.owner: Callable[[], LessorActor | None] = lambda: None
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        envelope = super().get(block, timeout)
-        message = envelope.message
-        if self._stopped.is_set():
-            # pykka's teardown must see the real reply_to to answer ActorDeadError.
-            if type(message) is Call:
-                return _Plain(message.message, message.reply)
-            return envelope
-        if type(message) is not Call and isinstance(message, Message):  # a plain pykka ask
-            return _Plain(Call(message, envelope.reply_to, ANONYMOUS))
-        return envelope
-
-
 class _Crash:
-    """Carries an error raised by ``call_now`` to the actor's thread, to fail it there."""
+    """Carries an unexpected error from a drainer to the actor's thread, to fail it there."""
 
     __slots__ = ("error",)
 
@@ -216,14 +60,31 @@ class _Crash:
         self.error = error
 
 
+class _Wake:
+    """Asks pykka's thread to drain the mailbox (a drainer reached its share)."""
+
+
+_WAKE = _Wake()
+
 #: Returned by ``handle_call`` when the Call will be answered later.
 DEFERRED: Any = object()
+
+#: Messages one drainer handles before it leaves the rest to pykka's thread, so a
+#: caller never works for others for long.
+COMBINE_LIMIT = 64
 
 # Effect kinds: (kind, a, b) tuples, cheaper than objects on the Acquire path.
 _GRANT = 0  # a: reply, b: Lease; refused -> on_refused
 _ANSWER = 1  # a: reply, b: value
 _ERROR = 2  # a: reply, b: exception
 _DO = 3  # a: callable, b: args
+
+_actors: weakref.WeakValueDictionary[str, LessorActor] = weakref.WeakValueDictionary()
+
+
+def actor_of(ref: pykka.ActorRef[Any]) -> LessorActor | None:
+    """The running lessor actor behind ``ref``, or None once it is gone."""
+    return _actors.get(ref.actor_urn)
 
 
 class LessorActor(pykka.ThreadingActor):
@@ -234,8 +95,9 @@ class LessorActor(pykka.ThreadingActor):
     the caller is answered and the actor fails, for its supervisor to restart.
 
     Subclasses queue effects with :meth:`grant`, :meth:`reply`, :meth:`reply_error`
-    and :meth:`later` during a turn; :meth:`in_turn` runs a function as a turn and
-    then carries its effects out.
+    and :meth:`later` during a turn; set ``ready = True`` at the end of their start
+    turn (requests wait in the mailbox until then) and call :meth:`close_mailbox`
+    in their last turn.
     """
 
     #: Daemon threads let interpreter exit reach the atexit hook that shuts lessor down.
@@ -243,16 +105,18 @@ class LessorActor(pykka.ThreadingActor):
 
     def __init__(self) -> None:
         super().__init__()
-        inbox: Any = self.actor_inbox
-        inbox._stopped = self.actor_stopped
-        inbox.owner = weakref.ref(self)
-        self._turn = threading.Lock()  # one message at a time, whichever thread runs it
+        inbox = cast(DivertingInbox, self.actor_inbox)
+        inbox.stopped = self.actor_stopped
+        inbox.wants = _is_message
+        inbox.divert = self._deliver_anonymous
+        self._mailbox: deque[Any] = deque()  # Calls and internal messages, in order
+        self._turn_lock = threading.Lock()  # held by whichever thread runs a turn
         self._effects: list[tuple[int, Any, Any]] = []
-        self._ready = False  # on_start has finished: callers may run turns themselves
-
-    @staticmethod
-    def _create_actor_inbox() -> Any:  # pykka's hook for the inbox class
-        return _CallInbox()
+        self.ready = False  # the start turn has run: requests may be handled
+        self._crashed = False
+        self._closed_with: LessorError | None = None  # every later request gets this
+        self._own_thread = 0
+        _actors[self.actor_urn] = self
 
     # -- effects, queued during a turn -------------------------------------------------
 
@@ -274,55 +138,126 @@ class LessorActor(pykka.ThreadingActor):
     def on_refused(self, leases: list[Lease]) -> None:
         """In a turn: grants whose callers were gone. Subclasses that grant take them back."""
 
-    # -- turns -------------------------------------------------------------------------
+    # -- delivering messages -----------------------------------------------------------
+
+    def deliver(self, message: Message, reply: Reply | None, holder: Holder) -> None:
+        """Hand the actor a request; handled now on this thread if the actor is idle.
+
+        Otherwise it waits in the mailbox for the thread that holds the turn. The
+        answer goes to ``reply`` either way; this never blocks on another turn.
+        """
+        if (
+            not self._mailbox
+            and self.ready
+            and not self._crashed
+            and self._turn_lock.acquire(blocking=False)
+        ):
+            try:  # nothing queued ahead of it: skip the mailbox
+                if self._closed_with is not None:
+                    self.reply_error(reply, self._closed_with)
+                else:
+                    self._handle(Call(message, reply, holder))
+            finally:
+                self._end_turn()
+            return
+        self._mailbox.append(Call(message, reply, holder))
+        if self.ready:
+            self._drain()
+
+    @property
+    def accepting(self) -> bool:
+        """Neither stopped nor failed: requests delivered now are handled."""
+        return self._closed_with is None and not self._crashed
+
+    def _deliver_anonymous(self, message: Message, reply: Reply | None) -> None:
+        """A plain pykka ``ask``/``tell`` of a lessor message: no holder identity."""
+        self.deliver(message, reply, ANONYMOUS)
+
+    def deliver_internal(self, message: Any) -> None:
+        """Hand the actor an internal message (a factory result) the same way."""
+        self._mailbox.append(message)
+        if self.ready:
+            self._drain()
 
     def in_turn(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` as one turn, then carry out what it decided."""
-        self._turn.acquire()
+        """Run ``fn(*args)`` as one turn (waiting for it), then carry out what it decided."""
+        self._turn_lock.acquire()
         try:
             return fn(*args)
         finally:
             self._end_turn()
 
-    def _end_turn(self) -> None:
+    def close_mailbox(self, error: LessorError) -> None:
+        """In the last turn: requests queued or delivered from now on are answered ``error``.
+
+        Internal messages are still handled (a resource made for a closed pool is
+        destroyed by its closed core).
+        """
+        self._closed_with = error
+        self.ready = True  # late messages are answered (or destroyed) by whoever brings them
+        for item in self._mailbox:
+            if type(item) is Call:
+                self.reply_error(item.reply, error)
+        kept = [item for item in self._mailbox if type(item) is not Call]
+        self._mailbox.clear()
+        self._mailbox.extend(kept)
+
+    def _drain(self) -> None:
+        mailbox, lock = self._mailbox, self._turn_lock
+        budget = COMBINE_LIMIT
+        while mailbox and not (self._crashed and self._closed_with is None):
+            if not lock.acquire(blocking=False):
+                return  # the thread holding the turn drains it (it checks again on release)
+            try:
+                while mailbox and budget:
+                    budget -= 1
+                    item = mailbox.popleft()
+                    if self._closed_with is not None and type(item) is Call:
+                        self.reply_error(item.reply, self._closed_with)
+                    else:
+                        self._handle(item)
+                    if self._crashed:
+                        break
+            finally:
+                self._end_turn(drain=False)
+            if not budget and mailbox and threading.get_ident() != self._own_thread:
+                self.actor_ref.tell(_WAKE)  # our share is done: pykka's thread takes the rest
+                return
+            if not budget:
+                budget = COMBINE_LIMIT
+
+    def _end_turn(self, drain: bool = True) -> None:
         """Release the turn, then carry out what it decided (on this thread)."""
         effects = self._effects
         if effects:
             self._effects = []
-        self._turn.release()
+        self._turn_lock.release()
         if effects:
             self._carry_out(effects)
+        if drain and self._mailbox and self.ready:
+            self._drain()
+
+    def _handle(self, item: Any) -> None:
+        """One message, in a turn; an unexpected error marks the actor crashed."""
+        try:
+            self._receive(item)
+        except Exception as exc:
+            self._crashed = True
+            self.later(self._crash, exc)
+
+    def _crash(self, exc: Exception) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_Crash(exc))  # fail on the actor's thread: on_failure runs
 
     def on_receive(self, message: Any) -> Any:
-        self._turn.acquire()  # in_turn, inlined: every in-process request comes here
-        try:
-            return self._receive(message)
-        finally:
-            self._end_turn()
-
-    def call_now(self, message: Message, reply: Reply | None, holder: str) -> None:
-        """Handle a request on the calling thread, in turn with the actor's own messages.
-
-        The runtime's node uses this so a worker's request costs no thread hand-off:
-        the pool's state is still touched by one thread at a time. Before the actor
-        has started, the request queues like any other. An unexpected error fails the
-        actor exactly as it would on the actor's own thread.
-        """
-        if not self._ready:
-            if self.actor_stopped.is_set():
-                raise ActorStopped(f"{self} stopped")
-            post(self.actor_ref, message, reply, holder)
-            return
-        self._turn.acquire()  # in_turn, inlined: this is every worker request's path
-        try:
-            if self.actor_stopped.is_set():
-                raise ActorStopped(f"{self} stopped")
-            try:
-                self._receive(Call(message, reply, holder))
-            except Exception as exc:
-                self.actor_ref.tell(_Crash(exc))
-        finally:
-            self._end_turn()
+        kind = type(message)
+        if kind is _Wake:
+            self._own_thread = threading.get_ident()
+            self._drain()
+            return None
+        if kind is _Crash:
+            raise message.error
+        return self.in_turn(self._receive, message)
 
     def _carry_out(self, effects: list[tuple[int, Any, Any]]) -> None:
         """Runs once the turn that queued ``effects`` is released (see ``in_turn``)."""
@@ -345,8 +280,6 @@ class LessorActor(pykka.ThreadingActor):
 
     def _receive(self, message: Any) -> Any:
         if type(message) is not Call:
-            if type(message) is _Crash:
-                raise message.error
             return self.handle_internal(message)
         try:
             result = self.handle_call(message)
@@ -376,17 +309,9 @@ class LessorActor(pykka.ThreadingActor):
         log.warning("%s: unexpected message %r", self, message)
         return None
 
-    def drain_inbox(self, on_tell: Callable[[Any], None] | None = None) -> None:
-        """After stopping, answer queued asks with PoolClosed and show tells to ``on_tell``.
 
-        Called outside any turn; ``on_tell`` runs its own.
-        """
-        inbox = self.actor_inbox
-        while not inbox.empty():
-            envelope = inbox.get()
-            if is_stop(envelope.message):
-                answer(envelope.reply_to, None)  # what pykka's own teardown answers
-            elif envelope.reply_to is not None:
-                answer_error(envelope.reply_to, PoolClosed(f"{self} stopped"))
-            elif on_tell is not None:
-                on_tell(envelope.message)
+install_diverting_inbox(LessorActor)
+
+
+def _is_message(message: Any) -> bool:
+    return isinstance(message, Message)

@@ -1,9 +1,10 @@
 """PoolActor: a pykka actor that carries out what :class:`PoolCore` decides.
 
-The actor thread only does bookkeeping. Factory calls (create, destroy, check,
-reset), which may block on a network, run on a small thread pool and report back
-by message, so releases keep flowing while a connection is being opened. Waiter
-timeouts, lease expiry and idle eviction are woken by a :class:`DeadlineTimer`.
+A turn only does bookkeeping. Factory calls (create, destroy, check, reset), which
+may block on a network, run on the runtime's shared factory threads (at most
+``factory_concurrency`` at once for this pool) and report back by message, so
+releases keep flowing while a connection is being opened. Waiter timeouts, lease
+expiry and idle eviction are woken by the runtime's :class:`Scheduler`.
 """
 
 from __future__ import annotations
@@ -13,40 +14,62 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import pykka
 
 from lessor import holder as holders
-from lessor.actors.base import DEFERRED, Call, LessorActor, Reply
-from lessor.actors.executor import FactoryThreads
-from lessor.actors.timer import DeadlineTimer
-from lessor.core.pool import (
+from lessor.actors.base import DEFERRED, Call, LessorActor
+from lessor.actors.executor import FactoryLane, FactoryThreads, process_factory_threads
+from lessor.actors.pool_factory import FactoryWork
+from lessor.actors.pool_messages import (
+    AwaitDrained,
+    BeginDrain,
+    CancelAcquire,
+    Checked,
+    Created,
+    CreateFailed,
+    EvictIdle,
+    HolderGone,
+    ReclaimAll,
+    ReclaimHolder,
+    ResetDone,
+    ResetHere,
+    Tick,
+)
+from lessor.actors.reply import OneShot, Reply
+from lessor.actors.scheduler import Scheduler, Timer, process_scheduler
+from lessor.core.decisions import (
+    AskBack,
     Check,
     Create,
     Decision,
     Destroy,
+    Drained,
+    Expired,
     Fail,
     Grant,
-    PoolCore,
     Reclaimed,
     Reset,
 )
+from lessor.core.pool import PoolCore
 from lessor.errors import (
     ActorRestarted,
     LessorError,
     NoSuchPool,
+    PoolClosed,
     ProtocolError,
     ShuttingDown,
-    StaleLease,
 )
 from lessor.factory import overrides
+from lessor.holder import Holder
 from lessor.protocol.messages import (
     Acquire,
     GetStats,
     Lease,
     LeaseExpired,
+    PoolStats,
     Release,
     Renew,
     ReturnParked,
@@ -68,71 +91,6 @@ __all__ = [
 log = logging.getLogger("lessor.pool")
 
 
-# Internal messages: they never leave the process, so they are not lessor Messages.
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Created:
-    resource: Any
-
-
-@dataclass(frozen=True, slots=True)
-class _CreateFailed:
-    error: BaseException
-
-
-@dataclass(frozen=True, slots=True)
-class _Checked:
-    slot: int
-    ok: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _ResetDone:
-    slot: int
-    ok: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _HolderGone:
-    holder: str
-
-
-@dataclass(frozen=True, slots=True)
-class EvictIdle:
-    """Close idle resources above min_size now (their quota is wanted elsewhere)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BeginDrain:
-    """Shutdown, step 1: refuse new Acquires (ShuttingDown) and fail queued ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitDrained:
-    """Shutdown, step 2: ``reply`` is answered once no lease is out."""
-
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class ReclaimAll:
-    """Shutdown, step 3 (the deadline passed): take every lease back; answered with them."""
-
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReclaimHolder:
-    """Take back every lease of ``holder`` now; answered with them (a shutdown's own caller)."""
-
-    holder: str
-    why: str = "reclaimed from the caller of shutdown"
-
-
 class PoolLineage:
     """What one supervised pool passes from an incarnation to the next.
 
@@ -146,20 +104,7 @@ class PoolLineage:
         self.orphans: list[Lease] = []
 
 
-@dataclass(frozen=True, slots=True)
-class CancelAcquire:
-    """Sent by a caller whose own wait gave up first (poolboy's ``cancel_waiting``).
-
-    If the Acquire was granted in the meantime, the lease is released so it is not lost.
-    """
-
-    reply: Reply
-    holder: str
-
-
-_TICK = _Tick()
-#: While Acquires wait and nothing is free, holders are asked for parked leases this often.
-NUDGE_INTERVAL = 0.05
+_TICK = Tick()
 #: Seconds a stopping pool waits for factory calls under way (a create stuck on a dead
 #: network is abandoned after that; what it makes is destroyed when it returns).
 FACTORY_STOP_WAIT = 4.0
@@ -169,7 +114,9 @@ class PoolActor(LessorActor):
     """One pool. Start with ``PoolActor.start(spec)``; talk to it through a PoolHandle.
 
     Under a supervisor, ``lineage`` carries epochs and orphaned leases across
-    restarts and ``events`` receives a record of every reclaimed lease.
+    restarts and ``events`` receives a record of every reclaimed lease. Every
+    decision is :class:`PoolCore`'s; this shell feeds it messages and carries out
+    what it returns (:meth:`_apply`).
     """
 
     lessor_kind = "pool"
@@ -181,31 +128,39 @@ class PoolActor(LessorActor):
         lineage: PoolLineage | None = None,
         events: EventLog | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scheduler: Scheduler | None = None,
+        factory_threads: FactoryThreads | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.epoch = secrets.token_hex(4)
         self._lineage = lineage or PoolLineage()
         self._events = events
-        self._factory = spec.factory
+        self._work = FactoryWork(spec.factory, spec.name, self.deliver_internal)
         self._clock = clock
         orphans, self._lineage.orphans = self._lineage.orphans, []
         self.core = PoolCore(
             spec,
             epoch=self.epoch,
-            has_check=overrides(spec.factory, "check"),
+            has_check=spec.factory.checks_on_borrow(),
             has_reset=overrides(spec.factory, "reset"),
             reusable=spec.factory.reusable,
             past_epochs=frozenset(self._lineage.epochs),
             orphans=orphans,
         )
         self._lineage.epochs.append(self.epoch)
-        self._executor: FactoryThreads | None = None
-        self._timer: DeadlineTimer | None = None
-        self._drained: list[Reply] = []
-        self._nudging = False  # workers were asked for parked leases; ask again while starved
+        self._scheduler = scheduler
+        self._factory_threads = factory_threads
+        self._executor: FactoryLane | None = None
+        self._timer: Timer | None = None
         self._failed = False
-        self._on_holder_gone: Callable[[str], None] | None = None
+        self._on_holder_gone: Callable[[Holder], None] | None = None
+        self._calls: dict[type, Callable[[float, Call, Any], Any]] = {
+            Acquire: self._acquire,
+            Release: self._release,
+            Renew: self._renew,
+            GetStats: self._stats,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -213,11 +168,10 @@ class PoolActor(LessorActor):
         name = self.spec.name
         ref = self.actor_ref
         try:
-            self._executor = FactoryThreads(self.spec.workers, f"lessor-{name}")
-            self._timer = DeadlineTimer(
-                lambda: ref.tell(_TICK), name=f"lessor-{name}-timer", clock=self._clock
-            )
-            self._on_holder_gone = lambda holder: ref.tell(_HolderGone(holder))
+            threads = self._factory_threads or process_factory_threads()
+            self._executor = threads.lane(self.spec.factory_concurrency, f"pool {name!r}")
+            self._timer = (self._scheduler or process_scheduler()).timer(lambda: ref.tell(_TICK))
+            self._on_holder_gone = lambda holder: ref.tell(HolderGone(holder))
             holders.subscribe(self._on_holder_gone)
             self.in_turn(self._start)
         except BaseException:
@@ -228,7 +182,7 @@ class PoolActor(LessorActor):
     def _start(self) -> None:
         self._apply(self.core.start(self._clock()))
         self._arm()
-        self._ready = True  # from now on callers may run turns on their own threads
+        self.ready = True  # from now on callers run turns on their own threads
 
     def on_stop(self) -> None:
         self._shutdown()
@@ -241,158 +195,144 @@ class PoolActor(LessorActor):
         if self._on_holder_gone is not None:
             holders.unsubscribe(self._on_holder_gone)
         self.in_turn(self._close)
-        self.drain_inbox(self._late_tell)
         if self._timer is not None:
-            self._timer.close()
+            self._timer.cancel()
         if self._executor is not None:
+            # Results that come back later are still handled: the closed core destroys them.
             self._executor.shutdown(FACTORY_STOP_WAIT)
-        # Results that raced the stop: their jobs saw a dead actor and cleaned up.
-        self.drain_inbox(self._late_tell)
 
     def _close(self) -> None:
         now = self._clock()
+        error: LessorError
         if self._failed:
             # Holders keep what they hold; the next incarnation adopts it as orphans.
             self._lineage.orphans = self.core.handover()
-            error: LessorError = ActorRestarted(f"pool {self.spec.name!r} failed; restarting")
+            error = ActorRestarted(f"pool {self.spec.name!r} failed; restarting")
             self._apply(self.core.close(now, error))
         else:
+            error = PoolClosed(f"pool {self.spec.name!r} is stopped")
             self._apply(self.core.close(now))
             self._apply(self.core.reclaim_all(now, "pool stopped")[1])
-        for reply in self._drained:
-            self.reply(reply, None)
-        self._drained.clear()
-
-    def _late_tell(self, message: Any) -> None:
-        # The closed core turns late resources into Destroy decisions.
-        if isinstance(message, (_Created, _CreateFailed, _Checked, _ResetDone)):
-            self.in_turn(self.handle_internal, message)
+        self.close_mailbox(error)
 
     def on_refused(self, leases: list[Lease]) -> None:
         """Grants nobody took (the caller gave up or its worker died): back into the pool."""
         now = self._clock()
         for lease in leases:
-            with contextlib.suppress(LessorError):  # reclaimed meanwhile (holder gone)
-                self._apply(self.core.release(now, lease.id, lease.holder))
+            self._apply(self.core.refused(now, lease.id, Holder.parse(lease.holder)))
         self._arm()
 
     # -- messages ----------------------------------------------------------------------
 
     def handle_call(self, call: Call) -> Any:
-        msg = call.message
-        now = self._clock()
-        core = self.core
-        if isinstance(msg, Acquire):
-            if msg.pool != self.spec.name:
-                raise NoSuchPool(f"Acquire for {msg.pool!r} sent to pool {self.spec.name!r}")
-            if call.reply is None:
-                raise ProtocolError("Acquire must be asked, not told: its Lease is the reply")
-            self._apply(
-                core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
-            )
-            if core.starved and not self._nudging:  # then again every NUDGE_INTERVAL
-                self._nudging = self._ask_parked_back()
-            result = DEFERRED
-        elif isinstance(msg, Release):
-            try:
-                self._apply(core.release(now, msg.lease_id, call.holder, msg.broken))
-            except StaleLease as exc:  # accepted: the restart already took it back
-                log.info("pool %r: %s (ignored)", self.spec.name, exc)
-            result = None
-        elif isinstance(msg, Renew):
-            result = core.renew(now, msg.lease_id, call.holder, msg.ttl)
-        elif isinstance(msg, GetStats):
-            result = core.stats()
-        else:
+        handler = self._calls.get(type(call.message))
+        if handler is None:
             return super().handle_call(call)
+        result = handler(self._clock(), call, call.message)
         self._arm()
         return result
+
+    def _acquire(self, now: float, call: Call, msg: Acquire) -> Any:
+        if msg.pool != self.spec.name:
+            raise NoSuchPool(f"Acquire for {msg.pool!r} sent to pool {self.spec.name!r}")
+        if call.reply is None:
+            raise ProtocolError("Acquire must be asked, not told: its Lease is the reply")
+        self._apply(
+            self.core.acquire(now, call.reply, call.holder, msg.timeout, msg.priority, msg.ttl)
+        )
+        return DEFERRED
+
+    def _release(self, now: float, call: Call, msg: Release) -> ResetHere | None:
+        decisions = self.core.release(now, msg.lease_id, call.holder, msg.broken)
+        here = None
+        if type(call.reply) is OneShot:  # an in-process caller: it resets on its own thread
+            for i, d in enumerate(decisions):
+                if type(d) is Reset:
+                    here = ResetHere(partial(self._work.reset, d.slot, d.resource))
+                    del decisions[i]
+                    break
+        self._apply(decisions)
+        return here
+
+    def _renew(self, now: float, call: Call, msg: Renew) -> Lease:
+        return self.core.renew(now, msg.lease_id, call.holder, msg.ttl)
+
+    def _stats(self, _now: float, _call: Call, _msg: GetStats) -> PoolStats:
+        return self.core.stats()
 
     def handle_internal(self, message: Any) -> Any:
         core = self.core
         now = self._clock()
-        if message is _TICK:
-            self._apply(core.tick(now))
-            if self._nudging and core.starved:  # still waiting: ask again
-                self._nudging = self._ask_parked_back()
-        elif isinstance(message, _Created):
-            self._apply(core.created(now, message.resource))
-        elif isinstance(message, _CreateFailed):
-            log.warning("pool %r: factory failed: %r", self.spec.name, message.error)
-            self._apply(core.create_failed(now, message.error))
-        elif isinstance(message, _Checked):
-            self._apply(core.checked(now, message.slot, message.ok))
-        elif isinstance(message, _ResetDone):
-            self._apply(core.reset_done(now, message.slot, message.ok))
-        elif isinstance(message, CancelAcquire):
-            self._cancel(now, message)
-        elif isinstance(message, _HolderGone):
-            if core.leases_of(message.holder) or core.orphans or core.waiting:
-                self._apply(core.reclaim_holder(now, message.holder))
-        elif isinstance(message, EvictIdle):
-            self._apply(core.evict_idle(now))
-        elif isinstance(message, BeginDrain):
-            core.stop_admitting()
-            self._apply(core.fail_waiters(ShuttingDown(f"pool {self.spec.name!r} shutting down")))
-        elif isinstance(message, AwaitDrained):
-            self._drained.append(message.reply)
-        elif isinstance(message, ReclaimAll):
-            taken, decisions = core.reclaim_all(now, message.why)
-            self._apply(decisions)
-            self._arm()
-            return taken
-        elif isinstance(message, ReclaimHolder):
-            decisions = core.reclaim_holder(now, message.holder, message.why)
-            self._apply(decisions)
-            self._arm()
-            return [d.lease for d in decisions if isinstance(d, Reclaimed)]
-        else:
-            return super().handle_internal(message)
+        result: Any = None
+        match message:
+            case Tick():
+                self._apply(core.tick(now))
+            case Created(resource):
+                self._apply(core.created(now, resource))
+            case CreateFailed(error):
+                log.warning("pool %r: factory failed: %r", self.spec.name, error)
+                self._apply(core.create_failed(now, error))
+            case Checked(slot, ok):
+                self._apply(core.checked(now, slot, ok))
+            case ResetDone(slot, ok):
+                self._apply(core.reset_done(now, slot, ok))
+            case CancelAcquire(reply):
+                # The caller cancelled its reply first: a grant racing this is refused
+                # by the reply and comes back through on_refused.
+                self._apply(core.cancel(now, reply))
+            case HolderGone(holder):
+                self._apply(core.reclaim_holder(now, holder))
+            case EvictIdle():
+                self._apply(core.evict_idle(now))
+            case BeginDrain():
+                error = ShuttingDown(f"pool {self.spec.name!r} shutting down")
+                self._apply(core.begin_drain(now, error))
+            case AwaitDrained(reply):
+                self._apply(core.await_drained(now, reply))
+            case ReclaimAll(why):
+                result, decisions = core.reclaim_all(now, why)
+                self._apply(decisions)
+            case ReclaimHolder(holder, why):
+                decisions = core.reclaim_holder(now, holder, why)
+                self._apply(decisions)
+                result = [d.lease for d in decisions if isinstance(d, Reclaimed)]
+            case _:
+                return super().handle_internal(message)
         self._arm()
-        return None
-
-    def _cancel(self, now: float, message: CancelAcquire) -> None:
-        # The caller cancelled its reply first, so a grant racing this is refused by
-        # the reply and comes back through on_refused: only the queue entry is left.
-        self._apply(self.core.cancel(now, message.reply))
+        return result
 
     # -- carrying out decisions --------------------------------------------------------
 
     def _arm(self) -> None:
-        if self._drained and not self.core.leased:
-            for reply in self._drained:
-                self.reply(reply, None)
-            self._drained.clear()
-        if self._nudging and not self.core.starved:
-            self._nudging = False  # the next starved Acquire asks at once
         timer = self._timer
         if timer is not None:
             due = self.core.next_deadline()
-            if self._nudging:
-                # Parked leases and idle quota come back only when asked: ask again soon.
-                nudge = self._clock() + NUDGE_INTERVAL
-                due = nudge if due is None else min(due, nudge)
             if due is not None and due < timer.due:
                 timer.schedule(due)
 
     def _apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
-            if isinstance(d, Grant):
-                self.grant(cast(Reply, d.ticket), d.lease)
-            elif isinstance(d, Fail):
-                self.reply_error(cast(Reply, d.ticket), d.error)
-            elif isinstance(d, Create):
-                self.later(self._submit, self._create)
-            elif isinstance(d, Destroy):
-                self.later(self._submit, self._destroy, d.resource, d.reason)
-            elif isinstance(d, Check):
-                self.later(self._submit, self._check, d.slot, d.resource)
-            elif isinstance(d, Reset):
-                self.later(self._submit, self._reset, d.slot, d.resource)
-            elif isinstance(d, Reclaimed):
-                self.later(self._reclaimed, f"{d.lease.id} of {d.lease.holder}: {d.why}")
-            else:
-                self.later(self.on_expired, d.lease)
+            match d:
+                case Grant(ticket, lease):
+                    self.grant(cast(Reply, ticket), lease)
+                case Fail(ticket, error):
+                    self.reply_error(cast(Reply, ticket), error)
+                case Create():
+                    self.later(self._submit, self._work.create)
+                case Destroy(resource, reason):
+                    self.later(self._submit, self._work.destroy, resource, reason)
+                case Check(slot, resource):
+                    self.later(self._submit, self._work.check, slot, resource)
+                case Reset(slot, resource):
+                    self.later(self._submit, self._work.reset, slot, resource)
+                case Reclaimed(lease, why):
+                    self.later(self._reclaimed, f"{lease.id} of {lease.holder}: {why}")
+                case Expired(lease):
+                    self.later(self.on_expired, lease)
+                case AskBack(asked):
+                    self._ask_back(asked)
+                case Drained(ticket):
+                    self.reply(cast(Reply, ticket), None)
 
     def on_expired(self, lease: Lease) -> None:
         """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit).
@@ -404,21 +344,13 @@ class PoolActor(LessorActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 receiver.tell(LeaseExpired(lease.id, lease.pool))
 
-    def _ask_parked_back(self) -> bool:
-        """Someone waits and nothing is free: workers caching leases should return them.
-
-        The asker's own process is asked too: another of its handles may have parked
-        one. Returns whether any worker was asked; if none was (an in-process pool),
-        there is no point in waking up to ask again.
-        """
+    def _ask_back(self, asked: tuple[Holder, ...]) -> None:
+        """Workers caching leases should return what they have parked (a send, after the turn)."""
         notice = ReturnParked(self.spec.name)
-        asked = False
-        for holder in self.core.holders():
+        for holder in asked:
             receiver = holders.holder_receiver(holder)
-            if receiver is not None and holder.startswith("worker:"):
-                self.later(receiver.tell, notice)  # a socket send: after the turn
-                asked = True
-        return asked
+            if receiver is not None:
+                self.later(receiver.tell, notice)
 
     def _reclaimed(self, detail: str) -> None:
         log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)
@@ -435,46 +367,3 @@ class PoolActor(LessorActor):
             executor.submit(fn, *args)
         except RuntimeError:  # executor already shut down
             fn(*args)
-
-    # -- factory work, on executor threads ---------------------------------------------
-
-    def _tell(self, message: Any) -> bool:
-        try:
-            self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
-
-    def _create(self) -> None:
-        try:
-            resource = self._factory.create()
-        except Exception as exc:
-            self._tell(_CreateFailed(exc))
-            return
-        if not self._tell(_Created(resource)):
-            self._destroy(resource, "closed")
-
-    def _destroy(self, resource: Any, reason: str) -> None:
-        try:
-            self._factory.destroy(resource)
-        except Exception:
-            log.exception("pool %r: destroying a resource (%s) failed", self.spec.name, reason)
-
-    def _check(self, slot: int, resource: Any) -> None:
-        try:
-            ok = bool(self._factory.check(resource))
-        except Exception:
-            log.warning("pool %r: check raised", self.spec.name, exc_info=True)
-            ok = False
-        if not self._tell(_Checked(slot, ok)):
-            self._destroy(resource, "closed")
-
-    def _reset(self, slot: int, resource: Any) -> None:
-        try:
-            self._factory.reset(resource)
-            ok = True
-        except Exception as exc:  # the designed way to say "do not reuse this one"
-            log.info("pool %r: reset refused a resource: %r", self.spec.name, exc)
-            ok = False
-        if not self._tell(_ResetDone(slot, ok)):
-            self._destroy(resource, "closed")

@@ -38,6 +38,17 @@ class Factory(Generic[R]):
         """Run before a borrow (off the actor thread); False destroys and replaces it."""
         return True
 
+    def checks_on_borrow(self) -> bool:
+        """Whether the pool calls ``check`` before each borrow (a step off the actor thread).
+
+        By default, when ``check`` is overridden; a factory whose check is optional
+        (PostgresFactory's ``check_idle_after``) says so here.
+        """
+        wrapped = getattr(self, "wrapped", None)
+        if isinstance(wrapped, Factory):
+            return wrapped.checks_on_borrow()
+        return overrides(self, "check")
+
     def reset(self, resource: R) -> None:
         """Run after a release (off the actor thread); raising destroys the resource."""
 

@@ -62,8 +62,9 @@ class PoolSpec:
     #: First and largest delay between failed creations (exponential backoff with jitter).
     create_backoff: float = 0.1
     create_backoff_max: float = 10.0
-    #: Threads that run the factory (create, destroy, check, reset) off the actor thread.
-    workers: int = 2
+    #: Factory calls (create, destroy, check, reset) this pool runs at once, on the
+    #: runtime's shared factory threads (psycopg_pool's ``num_workers``).
+    factory_concurrency: int = 2
     #: "runtime": one pool in the supervising process. "process": each worker process
     #: runs its own pool of resources that cannot cross (live connections), every one
     #: of them holding a lease on a quota of ``max_total`` kept by the runtime.
@@ -115,10 +116,12 @@ class PoolSpec:
             "max_total", "must be an int >= 1 or None", self.max_total,
         )  # fmt: skip
         _require(
-            isinstance(self.workers, int) and self.workers >= 1,
-            "workers",
-            "must be >= 1",
-            self.workers,
+            isinstance(self.factory_concurrency, int)
+            and not isinstance(self.factory_concurrency, bool)
+            and self.factory_concurrency >= 1,
+            "factory_concurrency",
+            "must be an int >= 1",
+            self.factory_concurrency,
         )
 
 
@@ -134,8 +137,11 @@ class Backoff:
     a dead dependency slows down and a calm child restarts at once again.
     """
 
+    #: First delay (seconds).
     min: float = 0.1
+    #: Largest delay (seconds).
     max: float = 10.0
+    #: Each delay is stretched by a random fraction up to this (0.2: up to 20% longer).
     jitter: float = 0.2
 
     def __post_init__(self) -> None:

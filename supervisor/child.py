@@ -17,8 +17,8 @@ from types import TracebackType
 from typing import Any
 
 import pykka
-from pykka.messages import _ActorStop
 
+from lessor.actors._pykka_compat import answer_waiting
 from lessor.errors import ActorRestarted, ActorStopped
 from lessor.holder import bind_actor
 from lessor.specs import ChildSpec
@@ -85,44 +85,53 @@ ExitCallback = Callable[[BaseException | None], None]
 
 
 def watched(cls: type[pykka.Actor], on_exit: ExitCallback, restartable: bool) -> type[Any]:
-    """A subclass of ``cls`` that reports its exit; one per incarnation."""
+    """A subclass of ``cls`` that reports its exit once; one per incarnation.
+
+    Built on pykka's public hooks only: a failing ``on_start``, a failure
+    (``on_failure``) and a stop (``on_stop``) each report, after ``cls``'s own hook
+    has run (a pool hands its orphaned leases over there, before a restart).
+    """
 
     class Watched(cls):  # type: ignore[valid-type,misc]
-        _lessor_reason: BaseException | None = None
-        _lessor_restartable = restartable
+        _lessor_reported = False
 
-        def _handle_failure(
+        def _lessor_exit(self, reason: BaseException | None) -> None:
+            if self._lessor_reported:
+                return
+            self._lessor_reported = True
+            if reason is not None and restartable:
+                error: ActorStopped = ActorRestarted(f"{self} failed and is being restarted")
+            else:
+                error = ActorStopped(f"{self} stopped")
+            answer_waiting(self.actor_inbox, error)
+            on_exit(reason)
+
+        def on_start(self) -> None:
+            bind_actor(self.actor_ref)
+            try:
+                super().on_start()
+            except BaseException as exc:
+                self._lessor_exit(exc)
+                raise
+
+        def on_stop(self) -> None:
+            try:
+                super().on_stop()
+            except BaseException as exc:
+                self._lessor_exit(exc)
+                raise
+            self._lessor_exit(None)
+
+        def on_failure(
             self,
             exc_type: type[BaseException] | None,
             exc_value: BaseException | None,
             traceback: TracebackType | None,
         ) -> None:
-            if self._lessor_reason is None:
-                self._lessor_reason = exc_value or RuntimeError(f"{exc_type} in {self}")
-            super()._handle_failure(exc_type, exc_value, traceback)
-
-        def _actor_loop(self) -> None:
-            bind_actor(self.actor_ref)
             try:
-                super()._actor_loop()
+                super().on_failure(exc_type, exc_value, traceback)
             finally:
-                on_exit(self._lessor_reason)
-
-        def _actor_loop_teardown(self) -> None:
-            if self._lessor_reason is not None and self._lessor_restartable:
-                error: ActorStopped = ActorRestarted(f"{self} failed and is being restarted")
-            else:
-                error = ActorStopped(f"{self} stopped")
-            inbox = self.actor_inbox
-            while not inbox.empty():
-                envelope = inbox.get()
-                reply = envelope.reply_to
-                if reply is None:
-                    continue
-                if isinstance(envelope.message, _ActorStop):
-                    reply.set(None)
-                else:
-                    reply.set_exception(exc_info=(type(error), error, None))
+                self._lessor_exit(exc_value or RuntimeError(f"{exc_type} in {self}"))
 
     Watched.__name__ = cls.__name__
     Watched.__qualname__ = cls.__qualname__

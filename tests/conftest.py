@@ -81,3 +81,18 @@ def no_leaks() -> Iterator[None]:
         child.kill()
     assert not threads, f"test left threads running: {[t.name for t in threads]}"
     assert not children, f"test left child processes: {[c.pid for c in children]}"
+
+
+def refuses_acquires(pool: Any, timeout: float = 1.0) -> bool:
+    """Whether the pool answers ShuttingDown; a lease granted before it does goes back."""
+    from lessor import Lease, ShuttingDown
+
+    try:
+        got = pool.acquire(timeout=timeout)
+    except ShuttingDown:
+        return True
+    except Exception:
+        return False
+    if isinstance(got, Lease):
+        pool.release(got)
+    return False

@@ -27,8 +27,10 @@ from lessor import (
     TokenFactory,
     start_pool,
 )
-from lessor.actors.base import LessorActor, OneShot
+from lessor.actors import base
+from lessor.actors.base import LessorActor
 from lessor.actors.pool import PoolActor
+from lessor.actors.reply import OneShot
 from tests.conftest import wait_until
 
 WORKER = "worker:test.0.1:1"
@@ -43,7 +45,8 @@ def pool() -> Iterator[PoolHandle]:
 
 
 def actor_of(handle: PoolHandle) -> LessorActor:
-    actor: LessorActor = handle.actor_ref.actor_inbox.owner()  # type: ignore[attr-defined]
+    actor = base.actor_of(handle.actor_ref)
+    assert actor is not None
     return actor
 
 
@@ -81,7 +84,7 @@ class ReenteringReply:
 def test_a_grant_nobody_takes_goes_to_the_next_waiter(pool: PoolHandle) -> None:
     held = pool.acquire(timeout=1)
     gone = RefusingReply()
-    actor_of(pool).call_now(Acquire("p", 5.0), gone, WORKER)  # first in the queue
+    actor_of(pool).deliver(Acquire("p", 5.0), gone, WORKER)  # first in the queue
     assert wait_until(lambda: pool.stats().waiting == 1)
     got: list[Lease] = []
     granted, finish = threading.Event(), threading.Event()
@@ -119,13 +122,13 @@ def test_a_reply_may_call_back_into_the_pool_without_deadlock(pool: PoolHandle) 
     stats: list[Any] = []
 
     def give_back(lease: Lease) -> None:
-        actor.call_now(Release(lease.id), None, WORKER)
+        actor.deliver(Release(lease.id), None, WORKER)
         answer = OneShot()
-        actor.call_now(GetStats(), answer, WORKER)
+        actor.deliver(GetStats(), answer, WORKER)
         stats.append(answer.get(5))
 
     reply = ReenteringReply(give_back)
-    runner = threading.Thread(target=actor.call_now, args=(Acquire("p", 5.0), reply, WORKER))
+    runner = threading.Thread(target=actor.deliver, args=(Acquire("p", 5.0), reply, WORKER))
     runner.start()
     runner.join(10)
     alive = runner.is_alive()
@@ -195,7 +198,7 @@ def test_a_request_before_on_start_waits_for_it_and_never_runs_the_factory_here(
         assert GatedPool.entered.wait(5)
         reply = OneShot()
         actor_of(PoolHandle(ref, PoolSpec("p", factory)))  # the actor exists already
-        ref.actor_inbox.owner().call_now(Acquire("p", 5.0), reply, WORKER)  # type: ignore[attr-defined]
+        actor_of(PoolHandle(ref, PoolSpec("p", factory))).deliver(Acquire("p", 5.0), reply, WORKER)
         assert factory.threads == []  # nothing ran on this thread
         GatedPool.gate.set()
         lease = reply.get(5)
@@ -212,7 +215,9 @@ def test_a_very_long_timeout_waits_and_is_served(pool: PoolHandle) -> None:
 
     def patient() -> None:
         try:
-            got.append(pool.acquire(timeout=1e10))  # past what a lock wait accepts
+            lease = pool.acquire(timeout=1e10)  # past what a lock wait accepts
+            got.append(lease)
+            pool.release(lease)
         except BaseException as exc:
             got.append(exc)
 
@@ -222,7 +227,6 @@ def test_a_very_long_timeout_waits_and_is_served(pool: PoolHandle) -> None:
     pool.release(held)
     waiter.join(10)
     assert len(got) == 1 and isinstance(got[0], Lease), got
-    pool.release(got[0])
     assert pool.stats().idle == 1
 
 
@@ -265,25 +269,31 @@ def test_the_pykka_internals_lessor_uses_are_those_of_this_pykka() -> None:
     assert inbox.qsize() == 0  # the actor took its stop message and answered it
 
 
-def test_an_answer_stays_readable_after_a_wait_interrupted_past_its_lock() -> None:
-    """Ctrl-C can land between a wait taking the reply's lock and giving it back; the
-    caller then abandons the Acquire and must still read the grant to return it."""
-    reply = OneShot()
-    assert reply.set("lease")
-    assert reply._done.acquire(timeout=1)  # an interrupted get() left the lock taken
+def test_a_reply_is_either_answered_or_cancelled_never_both() -> None:
+    """A caller interrupted while waiting (Ctrl-C) abandons the Acquire: if the answer
+    won the claim it must still read it, without blocking, to give the lease back;
+    if its cancel won, a late answer is refused (and the actor releases the grant)."""
+    answered = OneShot()
+    assert answered.set("lease")
     read: list[Any] = []
-    reader = threading.Thread(target=lambda: read.append((reply.cancel(), reply.result())))
+    reader = threading.Thread(target=lambda: read.append((answered.cancel(), answered.result())))
     reader.start()
     reader.join(5)
-    assert not reader.is_alive(), "reading the answer blocked on the reply's lock"
+    assert not reader.is_alive(), "reading the answer blocked"
     assert read == [(False, "lease")]
+
+    gave_up = OneShot()
+    with pytest.raises(TimeoutError):
+        gave_up.get(timeout=0.001)
+    assert gave_up.set("late lease") is False  # refused: the actor takes it back
+    assert gave_up.cancel() is False
 
 
 def test_a_remote_cancel_drops_the_wait_or_gives_back_the_grant(pool: PoolHandle) -> None:
     """What the node does with a worker's CANCEL: whichever side won the claim decides."""
     held = pool.acquire(timeout=1)
     waiting = OneShot()
-    actor_of(pool).call_now(Acquire("p", 5.0), waiting, WORKER)
+    actor_of(pool).deliver(Acquire("p", 5.0), waiting, WORKER)
     assert wait_until(lambda: pool.stats().waiting == 1)
     pool.cancel(waiting, WORKER)  # before any grant: the wait is dropped
     assert wait_until(lambda: pool.stats().waiting == 0)
@@ -291,7 +301,7 @@ def test_a_remote_cancel_drops_the_wait_or_gives_back_the_grant(pool: PoolHandle
     assert wait_until(lambda: pool.stats().idle == 1)
 
     granted = OneShot()
-    actor_of(pool).call_now(Acquire("p", 5.0), granted, WORKER)
+    actor_of(pool).deliver(Acquire("p", 5.0), granted, WORKER)
     assert isinstance(granted.get(5), Lease)  # the grant won: the caller never read it
     pool.cancel(granted, WORKER)
     assert wait_until(lambda: pool.stats().idle == 1)

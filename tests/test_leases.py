@@ -13,6 +13,7 @@ from lessor import (
     AcquireTimeout,
     ActorRestarted,
     ChildSpec,
+    DoubleRelease,
     ExpiredLease,
     Factory,
     LeaseExpired,
@@ -20,13 +21,12 @@ from lessor import (
     PoolSpec,
     Release,
     Runtime,
-    ShuttingDown,
     TokenFactory,
     bind_actor,
 )
 from lessor.actors.pool import PoolActor, PoolLineage
 from tests.actors import Borrower, CrashablePool
-from tests.conftest import wait_until
+from tests.conftest import refuses_acquires, wait_until
 from tests.test_pool_actor import FakeClock, renewal_outlives_its_first_expiry
 
 RECLAIM_BOUND = 0.5  # seconds from a holder's death to its lease being back (measured: ~1 ms)
@@ -160,7 +160,8 @@ def test_a_restarted_pool_is_invisible_to_handles_and_old_leases_are_harmless(
         pool.acquire(timeout=0.1)
     assert pool.ask(Release(old.id)) is None  # accepted; its resource is destroyed
     assert wait_until(lambda: old.resource in factory.destroyed)
-    assert pool.ask(Release(old.id)) is None  # and again: idempotent
+    with pytest.raises(DoubleRelease):  # and again: it says so, as a worker's handle does
+        pool.ask(Release(old.id))
     fresh = pool.acquire(timeout=1)
     assert fresh.resource not in (old.resource, held.resource)
     pool.release(fresh)
@@ -185,7 +186,7 @@ def test_shutdown_drains_then_reclaims_what_is_still_out() -> None:
     reports: list[Any] = []
     stopper = threading.Thread(target=lambda: reports.append(rt.shutdown(timeout=2)))
     stopper.start()
-    assert wait_until(lambda: isinstance(_try(pool.acquire, 1), ShuttingDown))
+    assert wait_until(lambda: refuses_acquires(pool))
     pool.release(polite)  # released during the drain: not in the report
     stopper.join(10)
     (report,) = reports
@@ -203,7 +204,7 @@ def test_shutdown_returns_early_once_everything_is_released() -> None:
     stopper = threading.Thread(target=lambda: reports.append(rt.shutdown(timeout=30)))
     reports: list[Any] = []
     stopper.start()
-    assert wait_until(lambda: isinstance(_try(pool.acquire, 1), ShuttingDown))
+    assert wait_until(lambda: refuses_acquires(pool))
     pool.release(lease)
     stopper.join(10)
     assert not stopper.is_alive()

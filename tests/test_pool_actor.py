@@ -31,6 +31,7 @@ from lessor import (
 )
 from lessor.actors.pool import PoolActor
 from lessor.core.pool import PoolCore
+from lessor.holder import Holder
 from tests.conftest import in_thread, wait_until
 from tests.overlap import Markers, assert_exclusive, hammer_with_checks
 
@@ -285,7 +286,7 @@ def test_idle_resources_above_min_size_are_evicted(start: StartPool) -> None:
     for lease in leases:
         pool.release(lease)
     assert wait_until(lambda: pool.stats().size == 1)
-    assert len(factory.destroyed) == 2
+    assert wait_until(lambda: len(factory.destroyed) == 2)  # destroys run after the turn
 
 
 def test_expired_lease_is_reclaimed_and_destroyed(start: StartPool) -> None:
@@ -352,11 +353,10 @@ def test_the_renew_check_fails_when_a_renewal_does_not_stick(
     """Mutant: the pool answers Renew with the later expiry but keeps the old one."""
 
     def renew_but_forget(
-        self: PoolCore, now: float, lease_id: str, holder: str, ttl: float
+        self: PoolCore, now: float, lease_id: str, holder: Holder, ttl: float
     ) -> Lease:
-        slot = self._leased[lease_id]
-        assert slot.lease is not None
-        return replace(slot.lease, expires_at=now + ttl)
+        loan = self._ledger.held_by(lease_id, holder)
+        return replace(loan.lease, expires_at=now + ttl)
 
     monkeypatch.setattr(PoolCore, "renew", renew_but_forget)
     clock = FakeClock()
@@ -378,3 +378,48 @@ def test_sixteen_threads_never_share_a_resource(start: StartPool, tmp_path: Path
     stats = pool.stats()
     assert (stats.idle, stats.size, stats.leased, stats.reclaimed) == (3, 3, 0, 0)
     assert stats.acquired == stats.released == 16 * 150
+
+
+class ResetRecording(Factory[int]):
+    """Counts resets and the threads they run on; ``refuse`` makes reset fail."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.n = 0
+        self.resets: list[tuple[int, str]] = []
+        self.refuse = refuse
+
+    def create(self) -> int:
+        self.n += 1
+        return self.n
+
+    def reset(self, resource: int) -> None:
+        self.resets.append((resource, threading.current_thread().name))
+        if self.refuse:
+            raise RuntimeError("not reusable")
+
+
+def test_an_in_process_release_resets_on_the_releasing_thread(start: StartPool) -> None:
+    """As psycopg_pool's putconn: no factory-thread trip between release and next borrow."""
+    factory = ResetRecording()
+    pool = start(factory, max_size=1)
+    first = pool.acquire(timeout=1)
+    pool.release(first)
+    assert factory.resets == [(first.resource, threading.current_thread().name)]
+    again = pool.acquire(timeout=1)  # the reset finished before release returned
+    assert again.resource == first.resource
+    pool.release(again)
+    assert pool.stats().idle == 1
+
+
+def test_a_refused_reset_on_the_releasing_thread_replaces_the_resource(
+    start: StartPool,
+) -> None:
+    factory = ResetRecording(refuse=True)
+    pool = start(factory, max_size=1)
+    first = pool.acquire(timeout=1)
+    pool.release(first)
+    second = pool.acquire(timeout=1)
+    assert second.resource != first.resource
+    pool.release(second)
+    stats = pool.stats()
+    assert (stats.destroyed, stats.leased, stats.size) == (2, 0, 0)

@@ -1,4 +1,5 @@
-"""One call, one behaviour, through every handle: bad arguments are refused the same way.
+"""One call, one behaviour, through every handle: bad arguments and bad releases are
+refused the same way, in-process and from a worker's cached and uncached handles.
 
 A cached worker handle reuses a parked lease without building an Acquire, so it once
 let ``priority="high"`` or ``timeout=inf`` through where the other handles refused it.
@@ -6,18 +7,30 @@ let ``priority="high"`` or ``timeout=inf`` through where the other handles refus
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lessor import Acquire, PoolHandle, PoolSpec, TokenFactory, start_pool
+from lessor import (
+    Acquire,
+    DoubleRelease,
+    ForeignLease,
+    PoolHandle,
+    PoolSpec,
+    TokenFactory,
+    UnknownLease,
+    start_pool,
+)
 from lessor.handles.ops import LeaseOps
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
 from lessor.worker.client import Client
 from lessor.worker.remote import _plainly_valid
+from tests.conftest import wait_until
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": "high"}, TypeError),
@@ -81,3 +94,36 @@ def test_the_cached_handles_quick_check_only_passes_what_an_acquire_accepts(
     """The cached handle skips building the Acquire when its quick check says yes."""
     if _plainly_valid(timeout, priority, ttl):
         Acquire("p", timeout, priority, ttl)  # must not raise
+
+
+def test_a_bad_release_raises_alike_through_every_handle(
+    handle: LeaseOps, pool: PoolHandle
+) -> None:
+    """Release is synchronous in-process and judged by the worker's ledger: same errors."""
+    lease = handle.acquire(timeout=5)
+    handle.release(lease)
+    with pytest.raises(DoubleRelease):
+        handle.release(lease)
+
+    held = handle.acquire(timeout=5)
+    other: list[BaseException] = []
+    thread = threading.Thread(target=lambda: other.append(_raised(handle.release, held)))
+    thread.start()
+    thread.join(5)
+    assert len(other) == 1 and isinstance(other[0], ForeignLease), other
+
+    made_up = replace(held, id="p/00000000/999")
+    with pytest.raises(UnknownLease):
+        handle.release(made_up)
+
+    handle.release(held)  # every refusal changed nothing: the holder still gives it back
+    parked = 1 if getattr(handle, "cache", False) else 0  # a cached handle keeps it parked
+    assert wait_until(lambda: pool.stats().leased == parked)  # a worker's Release is one way
+
+
+def _raised(fn: Any, *args: Any) -> BaseException | None:
+    try:
+        fn(*args)
+    except BaseException as exc:
+        return exc
+    return None

@@ -43,7 +43,11 @@ class LeaseOps:
     def acquire(
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
     ) -> Lease:
-        lease: Lease = self.ask(Acquire(self.name, timeout, priority, ttl))
+        if timeout is None and ttl is None and type(priority) is int and priority == 0:
+            message = _plain_acquire(self.name)  # the common case: built once per pool
+        else:
+            message = Acquire(self.name, timeout, priority, ttl)
+        lease: Lease = self.ask(message)
         return lease
 
     def release(self, lease: Lease, broken: bool = False) -> None:
@@ -79,3 +83,14 @@ class LeaseOps:
 
 def _expired(lease: Lease) -> bool:
     return lease.expires_at is not None and time.monotonic() >= lease.expires_at
+
+
+_plain_acquires: dict[str, Acquire] = {}
+
+
+def _plain_acquire(pool: str) -> Acquire:
+    """``Acquire(pool)`` with every default; messages are immutable, so one is shared."""
+    message = _plain_acquires.get(pool)
+    if message is None:
+        message = _plain_acquires[pool] = Acquire(pool)
+    return message

@@ -1,9 +1,11 @@
 """PoolHandle: how a thread or actor in the pool's process talks to a PoolActor.
 
-It sends the same messages a worker process would (``ask(Acquire(...))``,
-``tell(Release(...))``) with the caller's identity in the envelope; the lease API
-comes from :class:`LeaseOps`. Release is a tell: a pair costs one round trip.
-The handle is also what the runtime's node delivers workers' requests to.
+It sends the same messages a worker process would (``ask(Acquire(...))``) with the
+caller's identity in the envelope; the lease API comes from :class:`LeaseOps`. A
+request runs on the caller's thread when the pool is idle (see
+:mod:`lessor.actors.base`), so a pair costs no thread hand-off, and ``release``
+waits for its answer so that a bad release raises as it does in a worker. The
+handle is also what the runtime's node delivers workers' requests to.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any, Protocol
 
 import pykka
 
-from lessor.actors.base import OneShot, Reply, answer, post
-from lessor.actors.pool import CancelAcquire
+from lessor.actors.base import LessorActor, actor_of
+from lessor.actors.pool import PoolActor
+from lessor.actors.pool_messages import CancelAcquire, ResetHere
+from lessor.actors.reply import OneShot, Reply, answer
 from lessor.errors import (
     AcquireTimeout,
     ActorRestarted,
@@ -25,7 +29,7 @@ from lessor.errors import (
     PoolClosed,
 )
 from lessor.handles.ops import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
-from lessor.holder import current_holder
+from lessor.holder import Holder, current_holder
 from lessor.protocol.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef, ChildState
@@ -48,12 +52,14 @@ class PoolHandle(LeaseOps):
         self,
         target: pykka.ActorRef[Any] | ChildRef,
         spec: PoolSpec,
-        holder: Callable[[], str] = current_holder,
+        holder: Callable[[], Holder] = current_holder,
     ) -> None:
         self._target = target
         self.spec = spec
         self.name = spec.name
         self._holder = holder
+        self._last_ref: pykka.ActorRef[Any] | None = None
+        self._last_actor: LessorActor | None = None
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:
@@ -79,55 +85,83 @@ class PoolHandle(LeaseOps):
         except ActorStopped as exc:
             raise PoolClosed(f"pool {self.name!r} is stopped") from exc
 
+    def _actor(self, wait: float) -> LessorActor:
+        """The running incarnation's actor; cached until the incarnation changes."""
+        actor, target = self._last_actor, self._target
+        if (
+            actor is not None
+            and actor.accepting
+            and (not isinstance(target, ChildRef) or target.ref is self._last_ref)
+        ):
+            return actor
+        ref = self.current_ref(wait)
+        if ref is self._last_ref and self._last_actor is not None:
+            return self._last_actor
+        actor = actor_of(ref)
+        if actor is None:
+            raise PoolClosed(f"pool {self.name!r} is not running")
+        self._last_ref, self._last_actor = ref, actor
+        return actor
+
     def ask(self, message: Message, timeout: float | None = None) -> Any:
-        """Send a request and wait for its answer; errors come back raised."""
+        """Send a request and wait for its answer; errors come back raised.
+
+        The request usually runs on this thread (the pool was idle); otherwise it
+        waits for the thread that holds the pool's turn to handle it.
+        """
         if timeout is None:
             if isinstance(message, Acquire):
                 timeout = (message.timeout or self.spec.acquire_timeout) + ACQUIRE_GRACE
             else:
                 timeout = REQUEST_TIMEOUT
-        ref = self.current_ref(timeout)
+        actor = self._actor(timeout)
         reply = OneShot()
         holder = self._holder()
-        post(ref, message, reply, holder)
         try:
+            actor.deliver(message, reply, holder)
             return reply.get(timeout)
         except TimeoutError:  # the reply is cancelled: a late grant goes back to the pool
             if isinstance(message, Acquire):
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.tell(CancelAcquire(reply, holder))
+                actor.deliver_internal(CancelAcquire(reply, holder))
                 raise AcquireTimeout(f"pool {self.name!r} did not answer in {timeout:g}s") from None
             raise PoolClosed(f"pool {self.name!r} did not answer in {timeout:g}s") from None
-        except pykka.ActorDeadError as exc:
-            raise PoolClosed(f"pool {self.name!r} stopped") from exc
         except LessorError:  # the pool's own answer
             raise
         except BaseException:  # interrupted while waiting (KeyboardInterrupt): lose nothing
             if isinstance(message, Acquire):
-                self._abandon(ref, reply, holder)
+                self._abandon(actor, reply, holder)
             raise
 
-    def _abandon(self, ref: pykka.ActorRef[Any], reply: Cancellable, holder: str) -> None:
+    def _abandon(self, actor: LessorActor, reply: Cancellable, holder: Holder) -> None:
         """The caller stops waiting for an Acquire: cancel it, or give back what it got."""
-        with contextlib.suppress(pykka.ActorDeadError):
-            if reply.cancel():
-                ref.tell(CancelAcquire(reply, holder))
-                return
-            with contextlib.suppress(Exception):
-                granted = reply.result()  # the answer won the race: it is ours to return
-                if isinstance(granted, Lease):
-                    post(ref, Release(granted.id), None, holder)
+        if reply.cancel():
+            actor.deliver_internal(CancelAcquire(reply, holder))
+            return
+        with contextlib.suppress(Exception):
+            granted = reply.result()  # the answer won the race: it is ours to return
+            if isinstance(granted, Lease):
+                actor.deliver(Release(granted.id), None, holder)
 
     def tell(self, message: Message) -> None:
-        """Send without waiting (Release); a refusal is logged by the pool."""
-        post(self.current_ref(REQUEST_TIMEOUT), message, None, self._holder())
+        """Send without waiting for the answer; a refusal is logged by the pool."""
+        self._actor(REQUEST_TIMEOUT).deliver(message, None, self._holder())
+
+    def release(self, lease: Lease, broken: bool = False) -> None:
+        """Give a lease back; a double, foreign, unknown or stale release raises here.
+
+        A resource that needs a reset is reset on this thread, after the pool took
+        the lease back and before the next borrow can have it.
+        """
+        work = self.ask(Release(lease.id, broken))
+        if isinstance(work, ResetHere):
+            work.run()
 
     def is_fatal(self, exc: BaseException) -> bool:
         return self.spec.factory.is_fatal(exc)
 
     # -- as a target of remote requests (the runtime's node delivers them here) --------
 
-    def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
+    def deliver(self, message: Message, reply: Reply | None, holder: Holder) -> None:
         """Hand a request from a worker process to the pool, without waiting."""
         if isinstance(message, Describe):  # the spec is the handle's: no turn needed
             answer(reply, PoolInfo(self.name, self.spec.acquire_timeout, self.spec.max_size))
@@ -137,19 +171,16 @@ class PoolHandle(LeaseOps):
                 f"pool {self.name!r} holds resources that cannot cross processes; "
                 "use a process-scoped pool in the worker"
             )
-        actor = self.current_ref(0.0).actor_inbox.owner()  # type: ignore[attr-defined]
-        if actor is None:
-            raise PoolClosed(f"pool {self.name!r} is not running")
-        actor.call_now(message, reply, holder)
+        self._actor(0.0).deliver(message, reply, holder)
 
-    def cancel(self, reply: Cancellable, holder: str) -> None:
+    def cancel(self, reply: Cancellable, holder: Holder) -> None:
         """The remote caller gave up on an Acquire (poolboy's cancel_waiting).
 
         ``reply.cancel()`` decides the race with a grant: either the request is
         dropped from the queue, or the lease the caller will never read is released.
         """
         with contextlib.suppress(LessorError):
-            self._abandon(self.current_ref(0.0), reply, holder)
+            self._abandon(self._actor(0.0), reply, holder)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop an unsupervised pool: waiters get PoolClosed, resources are destroyed.
@@ -163,6 +194,4 @@ class PoolHandle(LeaseOps):
 
 def start_pool(spec: PoolSpec) -> PoolHandle:
     """Start an unsupervised PoolActor (the Runtime supervises the ones it starts)."""
-    from lessor.actors.pool import PoolActor
-
     return PoolHandle(PoolActor.start(spec), spec)

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from lessor import holder as holders
 from lessor.errors import LessorError, NoSuchPool, ProtocolError
+from lessor.holder import Holder
 from lessor.protocol import wire
 from lessor.protocol.messages import ErrorReply, Hello, Message
 from lessor.protocol.wire import Kind
@@ -74,9 +75,9 @@ class Target(Protocol):
     ``deliver`` (a map job) has nothing to do.
     """
 
-    def deliver(self, message: Message, reply: Any, holder: str) -> None: ...
+    def deliver(self, message: Message, reply: Any, holder: Holder) -> None: ...
 
-    def cancel(self, reply: Any, holder: str) -> None: ...
+    def cancel(self, reply: Any, holder: Holder) -> None: ...
 
 
 @dataclass
