@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lessor.worker.client import SpinBudget
+from lessor.transport.spin import SpinBudget
 
 
 def test_quick_replies_keep_a_budget_of_three_typical_replies() -> None:

@@ -68,7 +68,7 @@ class FakePool:
         self.cancels.put((reply, reply.cancel(), holder))
 
     def lease(self, holder: str, resource: Any = "token") -> Lease:
-        return Lease(f"{self.name}/1/{time.monotonic_ns()}", self.name, resource, holder,
+        return Lease(f"{self.name}/1/{time.monotonic_ns()}", self.name, resource, str(holder),
                      time.monotonic(), None)  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lessor import errors
 from lessor.errors import LessorError, ProtocolError
+from lessor.holder import Holder
 from lessor.protocol import wire
 from lessor.protocol.messages import ErrorReply, Message
 from lessor.protocol.wire import Kind
@@ -54,7 +55,7 @@ class Peer:
         self.conn = conn
         self.worker_id = worker_id
         self.pid = pid
-        self.holder = f"worker:{worker_id}:{pid}"
+        self.holder = Holder.worker(worker_id, pid)
         self.pending: dict[int, WireReply] = {}
         self.closed = False
         self.dropped_pushes = 0

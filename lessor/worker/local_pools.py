@@ -19,10 +19,19 @@ from lessor.handles.ops import LeaseOps
 from lessor.protocol.messages import Lease
 from lessor.specs import PoolSpec
 
-__all__ = ["QuotaFactory", "local_spec", "quota_spec"]
+__all__ = ["QuotaFactory", "local_spec", "quota_holder", "quota_spec"]
 
 #: Worker-side idle connections give their quota back after this long by default.
 LOCAL_MAX_IDLE = 10.0
+
+
+def quota_holder(name: str) -> str:
+    """Who holds a worker's quota leases of pool ``name``: its local pool, not a thread.
+
+    A resource's quota lease is taken on the factory thread that makes the resource
+    and given back on whichever one destroys it, and lives as long as the resource.
+    """
+    return f"local-pool:{name}"
 
 
 def quota_spec(spec: PoolSpec) -> PoolSpec:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lessor.core.cache import LeaseCache
+from lessor.errors import ActorStopped
 from lessor.handles import ops as leases
 from lessor.handles.ops import LeaseOps
+from lessor.holder import current_holder
 from lessor.protocol.messages import (
     Acquire,
     Drain,
@@ -30,6 +34,10 @@ _INF = float("inf")
 class RemotePool(LeaseOps):
     """A pool in the runtime, seen from a worker: the same API as an in-process handle.
 
+    A release is judged by the client's :class:`~lessor.worker.ownership.LeaseLedger`
+    before anything is sent, so it raises DoubleRelease, ForeignLease, UnknownLease,
+    ExpiredLease or StaleLease as in-process, and the Release itself stays one-way.
+
     With ``cache=True`` (the default of ``client.pool``) this is lock caching with
     recall, as distributed lock managers and HikariCP's ConcurrentBag do it: a
     released lease is parked in this process and the next ``acquire`` here reuses it
@@ -37,14 +45,23 @@ class RemotePool(LeaseOps):
     someone else waits and nothing is free, the pool pushes ReturnParked: parked
     leases go back at once, leases out at that moment go back when released, and for
     a short window every release is real. Which releases park is
-    :class:`~lessor.core.cache.LeaseCache`'s call; a stale lease released twice
-    raises DoubleRelease rather than free a lease another borrow now holds.
+    :class:`~lessor.core.cache.LeaseCache`'s call.
+
+    ``holder`` names who holds what this handle lends: by default the calling thread.
     """
 
-    def __init__(self, client: Client, name: str, cache: bool = False) -> None:
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        cache: bool = False,
+        holder: Callable[[], str] = current_holder,
+    ) -> None:
         self.client = client
         self.name = name
         self.cache = cache
+        self._holder = holder
+        self._ledger = client.ledger
         self._leases = LeaseCache(time.monotonic)
         self._lock = threading.Lock()
         if cache:
@@ -66,7 +83,7 @@ class RemotePool(LeaseOps):
     ) -> Lease:
         if not self.cache:
             lease = super().acquire(timeout, priority, ttl)
-            self.client._lent(self, lease.id)
+            self._ledger.granted(lease, self, self._holder())
             return lease
         if not _plainly_valid(timeout, priority, ttl):
             Acquire(self.name, timeout, priority, ttl)  # the same checks as a sent Acquire
@@ -76,7 +93,7 @@ class RemotePool(LeaseOps):
             if reused is None:
                 leases.asking += 1
         if reused is not None:
-            self.client._lent(self, reused.id)
+            self._ledger.lent(reused, self, self._holder())
             return reused
         try:
             lease = super().acquire(timeout, priority, ttl)
@@ -87,20 +104,24 @@ class RemotePool(LeaseOps):
         with self._lock:
             leases.asking -= 1
             leases.lent(lease)
-        self.client._lent(self, lease.id)
+        self._ledger.granted(lease, self, self._holder())
         return lease
 
     def release(self, lease: Lease, broken: bool = False) -> None:
+        """Give ``lease`` back; a LeaseError if the caller may not, and then nothing happens."""
+        if self.cache:  # a ReturnParked or LeaseExpired waiting to be read decides this one
+            self.client.read_pushes()  # (uncached, the poll would cost ~5% of the pair)
+        lender = self._ledger.returned(lease, self.name, self._holder())
+        lender._give_back(lease, broken)  # the handle that lent it: this one, or a sibling
+
+    def _give_back(self, lease: Lease, broken: bool) -> None:
+        """Park a lease this handle lent and the ledger let go, or send it to the pool."""
         if self.cache:
-            self.client.read_pushes()  # a ReturnParked waiting to be read decides this one
             with self._lock:
                 parked = self._leases.give_back(lease, broken, self.client.draining.is_set())
-            self.client._returned(lease.id)
             if parked:
                 return
-        else:
-            self.client._returned(lease.id)
-        super().release(lease, broken)
+        self.tell(Release(lease.id, broken))
 
     def give_back_for_dead_thread(self, lease_id: str) -> None:
         """The thread that borrowed this lease ended without releasing it."""
@@ -110,6 +131,7 @@ class RemotePool(LeaseOps):
         self.tell(Release(lease_id))
 
     def renew(self, lease: Lease, ttl: float) -> Lease:
+        self._ledger.check(lease, self.name, self._holder())
         if not self.cache:
             return super().renew(lease, ttl)
         with self._lock:
@@ -129,8 +151,9 @@ class RemotePool(LeaseOps):
         return self._leases.parked
 
     def _give(self, leases: list[Lease]) -> None:
-        for lease in leases:
-            super().release(lease)
+        with contextlib.suppress(ActorStopped):  # gone: the runtime takes them back itself
+            for lease in leases:
+                self.tell(Release(lease.id))
 
     def _on_push(self, message: Message) -> None:
         if isinstance(message, ReturnParked) and message.pool == self.name:

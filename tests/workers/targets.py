@@ -111,13 +111,18 @@ def threads_share_one_client(pool: str, out_dir: str, cache: bool = False) -> No
     slots = client.pool(pool, cache=cache)
     first = slots.acquire(timeout=10)  # max_size=1: the next Acquire has to wait
     got: list[lessor.Lease] = []
-    waiter = threading.Thread(target=lambda: got.append(slots.acquire(timeout=10)))
+
+    def wait_then_release() -> None:
+        lease = slots.acquire(timeout=10)
+        got.append(lease)
+        slots.release(lease)  # a lease is released by the thread that holds it
+
+    waiter = threading.Thread(target=wait_then_release)
     waiter.start()
     while slots.stats().waiting < 1:
         time.sleep(0.001)
     slots.release(first)  # sent while the other thread's Acquire is pending
     waiter.join()
-    slots.release(got[0])
     errors: list[BaseException] = []
     ids: set[str] = {first.id, got[0].id}
     intervals = IntervalLog()
