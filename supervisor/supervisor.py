@@ -12,18 +12,29 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import pykka
 
-from lessor.actors.timer import DeadlineTimer
+from lessor.actors.scheduler import Timer, process_scheduler
 from lessor.errors import SupervisorGaveUp
 from lessor.specs import ChildSpec, SupervisorSpec
 from lessor.supervisor.child import ChildRef, ChildState, watched
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
 
-__all__ = ["AddChild", "GetTree", "RemoveChild", "StopChildren", "Supervisor", "start_supervised"]
+__all__ = [
+    "AddChild",
+    "DelayedRestarts",
+    "GetTree",
+    "RemoveChild",
+    "RestartsDue",
+    "StopChildren",
+    "Supervisor",
+    "start_supervised",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +74,50 @@ class _ChildExited:
 
 
 @dataclass(frozen=True, slots=True)
-class _RestartDue:
-    pass
+class RestartsDue:
+    """Told by :class:`DelayedRestarts` when a delayed restart's time has come."""
+
+
+class DelayedRestarts(Generic[T]):
+    """Restarts waiting out their backoff, and the timer that wakes the actor for them.
+
+    Shared by :class:`Supervisor` and the worker groups. The process's scheduler
+    (the one deadline thread every actor shares) tells the actor ``RestartsDue``;
+    ``close`` cancels the timer and drops what is still waiting. Only the owning
+    actor calls these.
+    """
+
+    def __init__(self, ref: pykka.ActorRef[Any], name: str) -> None:
+        self._ref = ref
+        self._name = name
+        self._timer: Timer | None = None
+        self._waiting: list[tuple[float, T]] = []
+        self._closed = False
+
+    def add(self, when: float, item: T) -> None:
+        """Hold ``item`` until ``when`` (monotonic seconds), when the actor hears RestartsDue."""
+        if self._closed:
+            return
+        if self._timer is None:
+            ref = self._ref
+            self._timer = process_scheduler().timer(lambda: ref.tell(RestartsDue()))
+        self._waiting.append((when, item))
+        self._timer.schedule(when)
+
+    def due(self, now: float) -> list[T]:
+        """The items whose time has come, in the order they were added; re-arms for the rest."""
+        ready = [item for when, item in self._waiting if when <= now]
+        self._waiting = [(when, item) for when, item in self._waiting if when > now]
+        if self._waiting and self._timer is not None:
+            self._timer.schedule(min(when for when, _ in self._waiting))
+        return ready
+
+    def close(self) -> None:
+        """Drop every waiting restart and cancel the timer. Idempotent."""
+        self._closed = True
+        self._waiting = []
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def start_supervised(
@@ -99,9 +152,10 @@ class Supervisor(pykka.ThreadingActor):
         self.planner = RestartPlanner(
             spec.strategy, RestartIntensity(spec.max_restarts, spec.max_seconds), spec.backoff
         )
-        self._timer: DeadlineTimer | None = None
-        self._due: list[tuple[float, tuple[ChildRef, ...]]] = []
         self.killed: list[str] = []
+        self._delayed = DelayedRestarts[tuple[ChildRef, ...]](
+            self.actor_ref, f"lessor-{self.path}-backoff"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -118,8 +172,7 @@ class Supervisor(pykka.ThreadingActor):
     def _stop_all(self, within: float | None = None) -> None:
         for child in reversed(self.children):
             self._stop_child(child, within)
-        if self._timer is not None:
-            self._timer.close()
+        self._delayed.close()
 
     # -- messages ----------------------------------------------------------------------
 
@@ -137,8 +190,9 @@ class Supervisor(pykka.ThreadingActor):
         elif isinstance(message, StopChildren):
             self._stop_all(message.within)
             return list(self.killed)
-        elif isinstance(message, _RestartDue):
-            self._restart_due()
+        elif isinstance(message, RestartsDue):
+            for children in self._delayed.due(time.monotonic()):
+                self._restart(children)
         else:
             return super().on_receive(message)
         return None
@@ -259,7 +313,7 @@ class Supervisor(pykka.ThreadingActor):
         for c in starting:
             c.set_state(ChildState.RESTARTING)
         if plan.delay > 0:
-            self._schedule(time.monotonic() + plan.delay, starting)
+            self._delayed.add(time.monotonic() + plan.delay, starting)
         else:
             self._restart(starting)
 
@@ -269,21 +323,3 @@ class Supervisor(pykka.ThreadingActor):
                 child.restarts += 1
                 self._start(child)
                 self.events.emit("restarted", child.path, f"restart {child.restarts}")
-
-    def _schedule(self, when: float, children: tuple[ChildRef, ...]) -> None:
-        if self._timer is None:
-            me = self.actor_ref
-            self._timer = DeadlineTimer(
-                lambda: me.tell(_RestartDue()), name=f"lessor-{self.path}-backoff"
-            )
-        self._due.append((when, children))
-        self._timer.schedule(when)
-
-    def _restart_due(self) -> None:
-        now = time.monotonic()
-        due = [children for when, children in self._due if when <= now]
-        self._due = [(when, children) for when, children in self._due if when > now]
-        for children in due:
-            self._restart(children)
-        if self._due and self._timer is not None:
-            self._timer.schedule(min(when for when, _ in self._due))

@@ -3,14 +3,14 @@
 Each process is watched by a thread blocked on its sentinel (``join``), so a death
 is known the moment the kernel reports it, not by a heartbeat. A dead worker's
 connection is dropped at once, which reclaims its leases and drops its waiters.
-Exits are restarted by restart type (permanent, transient, temporary) within the
-group's restart intensity; past it the group stops its workers and fails with
-:class:`WorkersFailed`, carrying the last worker's traceback. The Runtime adds
-groups as temporary children, so a group that gave up is over for good: it is
-not restarted and does not take its supervisor down.
+Then the :class:`RestartPlanner` decides, as a one_for_one Supervisor's does for an
+actor (restart type, intensity window, backoff). Past the intensity the group stops
+its workers and fails with :class:`WorkersFailed`, carrying the last traceback. The
+Runtime adds groups as temporary children: a group that gave up is over for good,
+neither restarted nor taking its supervisor down.
 
-How the group ended is kept in its :class:`GroupOutcome` (finished, or why not),
-which ``Runtime.join`` and ``Runtime.map`` wait on without asking the actor.
+How the group ended goes to its ``outcome`` (finished, or why not), which
+``Runtime.join`` and ``Runtime.map`` wait on without asking the actor.
 """
 
 from __future__ import annotations
@@ -28,19 +28,21 @@ from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
 from lessor.errors import LessorError, WorkersFailed
 from lessor.protocol.messages import Drain
-from lessor.specs import Restart, _nonempty, _positive, _require
+from lessor.specs import Backoff, Restart, _nonempty, _positive, _require
 from lessor.supervisor.events import EventLog
-from lessor.supervisor.restarts import RestartIntensity
+from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
+from lessor.supervisor.supervisor import DelayedRestarts, RestartsDue
 from lessor.transport.node import Node
 from lessor.worker.bootstrap import ENV_TRACEBACK, Spawned, run_worker
 
-__all__ = ["GroupOutcome", "StopWorkers", "WorkerGroup", "WorkerSpec"]
+__all__ = ["Outcome", "StopWorkers", "WorkerGroup", "WorkerInfo", "WorkerPids", "WorkerSpec",
+           "WorkerStatus"]  # fmt: skip
 
 #: After SIGTERM, how long a worker gets before SIGKILL.
 TERM_GRACE = 1.0
@@ -54,17 +56,24 @@ SLICE = 0.05
 class WorkerSpec:
     """``n`` processes running ``target(*args)``; ``target`` must be a module-level function.
 
-    ``restart`` defaults to transient: a worker that returns is done, one that fails
-    is restarted (permanent would run a finished batch job again, for ever).
+    Restart options mean what they mean in :class:`~lessor.specs.ChildSpec` and
+    :class:`~lessor.specs.SupervisorSpec`, with every worker a child of the group.
     """
 
     id: str
     target: Callable[..., Any]
     n: int = 1
     args: tuple[Any, ...] = ()
+    #: Transient: a worker that returns (status 0) is done, one that fails is restarted
+    #: (permanent would run a finished batch job again, for ever).
     restart: Restart = "transient"
+    #: More than ``max_restarts`` restarts within ``max_seconds`` (s): WorkersFailed.
     max_restarts: int = 10
     max_seconds: float = 10.0
+    #: Delay before each restart (``min``/``max`` in s, ``jitter`` a fraction); None: at
+    #: once. Delays grow with the restarts inside the window, so if they add up past
+    #: ``max_seconds`` a crash loop is slowed down for good rather than given up on.
+    backoff: Backoff | None = None
     env: dict[str, str] = field(default_factory=dict)
     #: Process-scoped pool specs each worker runs its own pool of.
     pools: dict[str, Any] = field(default_factory=dict)
@@ -78,61 +87,49 @@ class WorkerSpec:
         _require(isinstance(self.max_restarts, int) and self.max_restarts >= 0, "max_restarts",
                  "must be an int >= 0", self.max_restarts)  # fmt: skip
         _positive("max_seconds", self.max_seconds)
+        _require(self.backoff is None or isinstance(self.backoff, Backoff), "backoff",
+                 "must be a Backoff or None", self.backoff)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPids:
+    """Answered with the pids of the workers running now (not those waiting to restart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """Answered with one :class:`WorkerInfo` per worker, in slot order."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One slot's current or last worker. ``running``: its exit is not known yet;
+    ``restarting``: waiting out its backoff; ``done``: exited for good."""
+
+    id: str
+    pid: int | None
+    running: bool
+    restarts: int
+    restarting: bool
+    done: bool
 
 
 @dataclass(frozen=True, slots=True)
 class StopWorkers:
     """Drain the workers and wait up to ``timeout`` for them to exit; then, if ``kill``,
     SIGTERM the stragglers and SIGKILL them after TERM_GRACE. No restarts from here on.
-
-    Answered with the worker ids that had to be terminated or killed.
-    """
+    Answered with the worker ids that had to be terminated or killed."""
 
     timeout: float
     kill: bool = True
 
 
-class GroupOutcome:
-    """How one worker group ended; settled once, and readable by anyone without asking it.
+class Outcome(Protocol):
+    """Told how the group ended: the Runtime's GroupOutcome, which join and map wait on."""
 
-    ``finished``: every worker exited for good. ``error``: why it ended first instead
-    (WorkersFailed when it gave up, could not start or was stopped; RuntimeStopped
-    when its runtime shut down).
-    """
+    def finish(self) -> None: ...
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._settled = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
-        self.finished = False
-        self.error: LessorError | None = None
-
-    def finish(self) -> None:
-        self._settle(lambda: setattr(self, "finished", True))
-
-    def fail(self, error: LessorError) -> None:
-        self._settle(lambda: setattr(self, "error", error))
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._settled.wait(timeout)
-
-    def when_settled(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once settled (now, if it already is)."""
-        with self._lock:
-            if not self._settled.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def _settle(self, record: Callable[[], None]) -> None:
-        with self._lock:
-            if self._settled.is_set():
-                return
-            record()
-            self._settled.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+    def fail(self, error: LessorError) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +142,11 @@ class _Exited:
 class _Slot:
     index: int
     incarnation: int = 0
-    process: BaseProcess | None = None
+    process: BaseProcess | None = None  # the running process; None once it has exited
+    pid: int | None = None  # of the current or last process
     worker_id: str = ""
     restarts: int = 0
+    restarting: bool = False  # waiting out its backoff delay
     done: bool = False  # exited for good (temporary, or transient with status 0)
 
 
@@ -168,7 +167,7 @@ class WorkerGroup(pykka.ThreadingActor):
         events: EventLog,
         path: str = "",
         *,
-        outcome: GroupOutcome | None = None,
+        outcome: Outcome,
         hurry: threading.Event | None = None,
     ) -> None:
         super().__init__()
@@ -176,16 +175,18 @@ class WorkerGroup(pykka.ThreadingActor):
         self.node = node
         self.events = events
         self.path = path or spec.id
-        self.outcome = outcome or GroupOutcome()
+        self.outcome = outcome
         self.hurry = hurry or threading.Event()
         self.slots = [_Slot(i) for i in range(spec.n)]
-        self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
+        self.planner = RestartPlanner(
+            "one_for_one", RestartIntensity(spec.max_restarts, spec.max_seconds), spec.backoff
+        )
+        self._delayed = DelayedRestarts[_Slot](self.actor_ref, f"lessor-{self.path}-backoff")
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._watchers: list[threading.Thread] = []
         self._tracebacks = ""  # a private directory the workers leave tracebacks in
         self.last_traceback = ""
-        self.exit_codes: list[int | None] = []
 
     def on_start(self) -> None:
         # In the node's private directory: gone with it, even if this group never ends.
@@ -211,24 +212,22 @@ class WorkerGroup(pykka.ThreadingActor):
         self.outcome.fail(failure or stopped)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Exited):
-            self._on_exit(message)
-            return None
-        if isinstance(message, StopWorkers):
-            return self._stop_all(message.timeout, message.kill)
-        if message == "pids":
-            return [s.process.pid for s in self.slots if s.process is not None and not s.done]
-        if message == "status":
-            return self.status()
-        return super().on_receive(message)
-
-    def status(self) -> list[dict[str, Any]]:
-        return [
-            {"id": s.worker_id, "pid": s.process.pid if s.process else None,
-             "alive": s.process is not None and s.process.exitcode is None,
-             "restarts": s.restarts, "done": s.done}
-            for s in self.slots
-        ]  # fmt: skip
+        match message:
+            case _Exited():
+                self._on_exit(message)
+            case RestartsDue():
+                for slot in self._delayed.due(time.monotonic()):
+                    self._restart(slot)
+            case StopWorkers(timeout, kill):
+                return self._stop_all(timeout, kill)
+            case WorkerPids():
+                return [s.pid for s in self.slots if s.process is not None]
+            case WorkerStatus():
+                return [WorkerInfo(s.worker_id, s.pid, s.process is not None, s.restarts,
+                                   s.restarting, s.done) for s in self.slots]  # fmt: skip
+            case _:
+                return super().on_receive(message)
+        return None
 
     # -- processes ---------------------------------------------------------------------
 
@@ -253,7 +252,7 @@ class WorkerGroup(pykka.ThreadingActor):
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         assert process.pid is not None
         self.node.bind_pid(slot.worker_id, process.pid)
-        slot.process = process
+        slot.process, slot.pid = process, process.pid
         me, incarnation = self.actor_ref, slot.incarnation
 
         def watch() -> None:
@@ -286,30 +285,39 @@ class WorkerGroup(pykka.ThreadingActor):
         if message.incarnation != slot.incarnation or process is None or self._stopping:
             return
         self.node.disconnect(slot.worker_id)  # reclaim now, even if the socket lingers
-        code = process.exitcode
-        self.exit_codes.append(code)
+        code = process.exitcode  # its watcher has reaped it
+        process.close()
+        slot.process = None
         left = self._read_traceback(slot)
         self.last_traceback = left or self.last_traceback
         abnormal = code != 0
         detail = f"exit code {code}" + (f": {_last_line(left)}" if left else "")
         self.events.emit("failed" if abnormal else "exited", slot.worker_id, detail)
-        restart = self.spec.restart
-        if restart == "temporary" or (restart == "transient" and not abnormal):
+        plan = self.planner.child_exited(
+            time.monotonic(), slot.index, abnormal, [self.spec.restart] * len(self.slots),
+            [s.process is not None for s in self.slots],
+        )  # fmt: skip
+        if isinstance(plan, Remove):
             slot.done = True
-            self.events.emit("removed", slot.worker_id, restart)
+            self.events.emit("removed", slot.worker_id, self.spec.restart)
             if all(s.done for s in self.slots):
                 self.outcome.finish()
-            return
-        if not self.intensity.add(time.monotonic()):
-            self.events.emit("gave_up", self.path, f"{self.intensity.recent} worker restarts")
+        elif isinstance(plan, GiveUp):
+            self.events.emit("gave_up", self.path, plan.reason)
             self._stop_all(0.0)
             raise WorkersFailed(
-                f"{self.path}: workers keep failing ({self.intensity.recent} restarts within "
-                f"{self.spec.max_seconds:g}s, max_restarts={self.spec.max_restarts}); "
-                f"last exit code {code}",
+                f"{self.path}: workers keep failing ({plan.reason}); last exit code {code}",
                 worker_traceback=self.last_traceback,
                 exit_code=code,
             )
+        elif plan.delay > 0:  # one_for_one: the plan restarts this worker alone
+            slot.restarting = True
+            self._delayed.add(time.monotonic() + plan.delay, slot)
+        else:
+            self._restart(slot)
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restarting = False
         slot.restarts += 1
         self._spawn(slot)
         self.events.emit("restarted", slot.worker_id, f"restart {slot.restarts}")
@@ -322,6 +330,7 @@ class WorkerGroup(pykka.ThreadingActor):
         child race, and the loser sees no exit code. Here we wait on sentinels.
         """
         self._stopping = True
+        self._delayed.close()  # restarts still waiting out their backoff never happen
         live = [(s.worker_id, s.process) for s in self.slots if s.process is not None]
         live = [(worker_id, p) for worker_id, p in live if not _ended(p, 0)]
         for worker_id, _ in live:

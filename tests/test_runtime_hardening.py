@@ -22,13 +22,13 @@ from lessor import (
     LessorError,
     PoolSpec,
     Runtime,
-    ShuttingDown,
     TaskFailed,
     TokenFactory,
 )
 from lessor.specs import SupervisorSpec
 from lessor.supervisor.restarts import Remove, Restart, RestartIntensity, RestartPlanner
-from tests.conftest import wait_until
+from lessor.supervisor.workers import WorkerPids
+from tests.conftest import refuses_acquires, wait_until
 from tests.workers import hardening_targets as t
 
 REPO = Path(__file__).parent.parent
@@ -158,7 +158,7 @@ def test_a_sigint_while_a_worker_starts_up_does_not_kill_it(
 ) -> None:
     runtime.add_pool(PoolSpec("p", TokenFactory(), max_size=1))
     group = runtime.spawn_workers(t.hold_until_drained, 1, args=("p", str(tmp_path)))
-    (pid,) = group.current(5).ask("pids", timeout=5)
+    (pid,) = group.current(5).ask(WorkerPids(), timeout=5)
     os.kill(pid, signal.SIGINT)  # still importing: before run_worker could ignore it
     assert wait_until(lambda: len(list(tmp_path.iterdir())) == 1, timeout=30)
     assert [e.kind for e in runtime.events() if e.node.startswith(f"{group.path}.")] == ["started"]
@@ -183,7 +183,7 @@ def test_a_concurrent_shutdown_waits_for_the_first_and_returns_its_report() -> N
     reports: list[Any] = []
     first = threading.Thread(target=lambda: reports.append(rt.shutdown(timeout=30)))
     first.start()
-    assert wait_until(lambda: isinstance(_try(pool.acquire, 0.05), ShuttingDown))
+    assert wait_until(lambda: refuses_acquires(pool, 0.05))
     second = threading.Thread(target=lambda: reports.append(rt.shutdown(timeout=0)))
     second.start()
     assert not wait_until(lambda: reports != [], timeout=0.3)  # both wait for the holder

@@ -24,6 +24,7 @@ from lessor import (
     TaskFailed,
     TokenFactory,
 )
+from lessor.supervisor.workers import WorkerPids
 from tests.conftest import wait_until
 from tests.overlap import Markers, assert_exclusive
 from tests.workers import targets
@@ -95,7 +96,7 @@ def test_killed_holder_loses_its_leases_at_once_and_restarts(
     (again,) = files(tmp_path, 1)  # the restarted worker holds two leases again
     assert int(again.name) != pid
     assert pool.stats().leased == 2
-    assert group.current(5).ask("pids", timeout=5) == [int(again.name)]
+    assert group.current(5).ask(WorkerPids(), timeout=5) == [int(again.name)]
     kinds = [(e.kind, e.node) for e in runtime.events()]
     assert any(kind == "failed" and "workers" in node for kind, node in kinds)
     assert any(kind == "restarted" and "workers" in node for kind, node in kinds)
@@ -156,7 +157,7 @@ def test_transient_worker_exiting_cleanly_is_not_restarted(runtime: Runtime) -> 
     assert [e.kind for e in runtime.events() if e.node.startswith("root/workers-1.")] == [
         "started", "exited", "removed"
     ]  # fmt: skip
-    assert group.current(5).ask("pids", timeout=5) == []
+    assert group.current(5).ask(WorkerPids(), timeout=5) == []
 
 
 def test_workers_dying_past_their_intensity_end_their_group_not_the_runtime() -> None:
@@ -178,13 +179,14 @@ def test_workers_dying_past_their_intensity_end_their_group_not_the_runtime() ->
 RUNTIME_SCRIPT = """
 import sys, time
 from lessor import PoolSpec, Runtime, TokenFactory
+from lessor.supervisor.workers import WorkerPids
 from tests.workers import targets
 rt = Runtime()
 rt.add_pool(PoolSpec("slots", TokenFactory(), max_size=2))
 group = rt.spawn_workers(targets.hold_forever, 2, args=("slots", 1, sys.argv[1]))
-while len(group.current(5).ask("pids")) < 2:
+while len(group.current(5).ask(WorkerPids())) < 2:
     time.sleep(0.01)
-print(" ".join(map(str, group.current(5).ask("pids"))), flush=True)
+print(" ".join(map(str, group.current(5).ask(WorkerPids()))), flush=True)
 time.sleep(3600)
 """
 

@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from lessor import holder as holders
-from lessor.actors.base import Reply, answer, answer_error
+from lessor.actors.reply import Reply, answer, answer_error
 from lessor.errors import MapTimeout, ProtocolError, TaskFailed
+from lessor.holder import Holder
 from lessor.protocol import wire
 from lessor.protocol.messages import Message, NextTask, Task, TaskResult
 
 if TYPE_CHECKING:
+    from lessor.runtime.outcome import GroupOutcome
     from lessor.supervisor.child import ChildRef
-    from lessor.supervisor.workers import GroupOutcome
     from lessor.transport.node import Node
 
 __all__ = ["MapJob", "map_worker", "run_map"]
@@ -51,7 +52,7 @@ class MapJob:
         self._cond = threading.Condition()
         holders.subscribe(self._holder_gone)
 
-    def deliver(self, message: Message, reply: Reply | None, holder: str) -> None:
+    def deliver(self, message: Message, reply: Reply | None, holder: Holder) -> None:
         if isinstance(message, NextTask):
             with self._cond:  # decide under the lock, answer outside it
                 task = Task(-1, None)
@@ -69,7 +70,7 @@ class MapJob:
             kind = type(message).__name__
             answer_error(reply, ProtocolError(f"a map job does not take {kind}"))
 
-    def _untake(self, holder: str, index: int) -> None:
+    def _untake(self, holder: Holder, index: int) -> None:
         """The worker never got item ``index`` (it gave up or died): hand it out again."""
         with self._cond:
             working = self._working.get(holder)
@@ -79,7 +80,7 @@ class MapJob:
                 self._todo.appendleft(index)
                 self._cond.notify_all()
 
-    def cancel(self, reply: Reply, holder: str) -> None:
+    def cancel(self, reply: Reply, holder: Holder) -> None:
         """A NextTask is answered at once: there is nothing to cancel."""
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -12,15 +12,13 @@ workers, reclaim everything, stop the tree) instead of waiting on it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from lessor.actors.pool import PoolActor, PoolLineage
@@ -29,21 +27,16 @@ from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
 from lessor.protocol.messages import Lease
 from lessor.runtime.mapjob import MapJob, map_worker, run_map
-from lessor.runtime.shutdown import (
-    ShutdownReport,
-    deliver,
-    drain,
-    live,
-    make_report,
-    reclaim_holder,
-)
+from lessor.runtime.outcome import GroupOutcome
+from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
 from lessor.runtime.shutdown import ask as _ask
+from lessor.runtime.signals import SignalHooks
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
 from lessor.supervisor.supervisor import AddChild, GetTree, RemoveChild, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
-from lessor.supervisor.workers import GroupOutcome, StopWorkers, WorkerGroup, WorkerSpec
+from lessor.supervisor.workers import StopWorkers, WorkerGroup, WorkerSpec
 from lessor.transport.node import Node
 from lessor.worker.bootstrap import check_spawnable
 from lessor.worker.local_pools import quota_spec
@@ -87,19 +80,13 @@ class Runtime:
         self._closed = threading.Event()  # the report is made
         self._hurry = threading.Event()  # skip the drain: stop at once
         self._from_caller: list[Lease] = []
-        self._pending: tuple[int, Any] | None = None  # a signal that hurried a shutdown
-        self._by_signal = False
         self._failure: BaseException | None = None
         self._root_gone = False
         self._failed = threading.Event()
         self._root = start_supervised(
             _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False
         )
-        self._signals: dict[int, Any] = {}
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._signals[signum] = signal.signal(signum, self._on_signal)
-            atexit.register(self._at_exit)
+        self._signals = SignalHooks(self.shutdown, self._closing, self._hurry, handle_signals)
 
     # -- building the tree -------------------------------------------------------------
 
@@ -166,6 +153,7 @@ class Runtime:
         name: str | None = None,
         max_restarts: int = 10,
         max_seconds: float = 10.0,
+        backoff: Backoff | None = None,
     ) -> ChildRef:
         """Start ``n`` supervised worker processes running ``target(*args)``.
 
@@ -175,16 +163,19 @@ class Runtime:
 
         ``restart`` is transient by default because workers are usually batch jobs: a
         worker that returns has done its work and is not run again (under permanent it
-        would be, for ever); one that fails is restarted. Past ``max_restarts`` within
-        ``max_seconds`` the group stops and is over for good (a temporary child of the
-        root: neither restarted nor escalated); ``join`` raises WorkersFailed.
+        would be, for ever); one that fails is restarted, after a ``backoff`` delay if
+        one is given (default None: at once; see WorkerSpec). Past ``max_restarts``
+        (default 10) within ``max_seconds`` (default 10 s) the group stops and is over
+        for good (a temporary child of the root: neither restarted nor escalated);
+        ``join`` raises WorkersFailed.
         """
         self._check()
         check_spawnable(target, args)
         name = name or f"workers-{next(self._jobs)}"
         with self._lock:
             pools = dict(self._process_specs)
-        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, pools=pools)
+        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, backoff,
+                          pools=pools)  # fmt: skip
         outcome = GroupOutcome()
         start = (spec, self.node, self.event_log, f"root/{name}")
         kwargs = {"outcome": outcome, "hurry": self._hurry}
@@ -204,11 +195,7 @@ class Runtime:
             outcome = self._outcomes.get(workers)
         if outcome is None:
             raise ValueError(f"{workers.path} is not a worker group of this runtime")
-        if not outcome.wait(timeout):
-            return False
-        if outcome.error is not None:
-            raise outcome.error.with_traceback(None)
-        return True
+        return outcome.join(timeout)
 
     def map(
         self,
@@ -317,9 +304,7 @@ class Runtime:
             return report
         if closer is None:
             report = self._close(timeout)
-            pending, self._pending = self._pending, None
-            if pending is not None and not self._by_signal:
-                deliver(*pending)  # a signal hurried this shutdown: it is due now
+            self._signals.deliver_pending()  # a signal that hurried this shutdown
             return report
         if closer == me:  # re-entered on the thread that is shutting down
             self._hurry.set()
@@ -332,6 +317,10 @@ class Runtime:
         self._closed.wait()
         assert self._report is not None
         return self._report
+
+    def _closing(self) -> int | None:
+        """The thread running the shutdown, while one is under way."""
+        return self._closer if self._report is None else None
 
     def _close(self, timeout: float | None) -> ShutdownReport:
         if self._report is not None:  # a signal handler ran one while we were deciding
@@ -366,7 +355,7 @@ class Runtime:
                 )
             if self._node is not None:
                 self._node.close()
-            self._restore_signals()
+            self._signals.restore()
         finally:
             with self._lock:
                 from_caller += self._from_caller  # and those of callers that came meanwhile
@@ -376,35 +365,6 @@ class Runtime:
         if interrupted is not None:
             raise interrupted
         return report
-
-    # -- signals -----------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._signals.get(signum)
-        if self._closer is not None and self._report is None:  # a shutdown is under way
-            self._hurry.set()
-            log.warning("%s during shutdown: stopping at once", signal.Signals(signum).name)
-            if self._closer == threading.get_ident():
-                # It is the shutdown this handler interrupted: it goes on, hurried, and
-                # the signal takes effect once it is done.
-                self._pending = self._pending or (signum, previous)
-                return
-        self._by_signal = True
-        self.shutdown()
-        deliver(signum, previous)
-
-    def _restore_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, previous in self._signals.items():
-            with contextlib.suppress(ValueError, TypeError):
-                if signal.getsignal(signum) == self._on_signal:
-                    signal.signal(signum, previous)
-        self._signals.clear()
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        self.shutdown()
 
     def __enter__(self) -> Runtime:
         return self

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from threading import Event
-from types import TracebackType
 from typing import Any
 
 import pykka
 from pykka import ThreadingFuture
 
-from lessor.actors.pool import AwaitDrained, BeginDrain, ReclaimAll, ReclaimHolder
+from lessor.actors.pool_messages import AwaitDrained, BeginDrain, ReclaimAll, ReclaimHolder
 from lessor.errors import ActorStopped, LessorError, RuntimeStopped
 from lessor.handles.pool import PoolHandle
+from lessor.holder import Holder
 from lessor.protocol.messages import Lease
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.supervisor import StopChildren
@@ -35,7 +33,6 @@ __all__ = [
     "SLICE",
     "ShutdownReport",
     "ask",
-    "deliver",
     "drain",
     "live",
     "make_report",
@@ -116,7 +113,7 @@ def make_report(
     return report
 
 
-def reclaim_holder(pools: list[pykka.ActorRef[Any]], holder: str) -> list[Lease]:
+def reclaim_holder(pools: list[pykka.ActorRef[Any]], holder: Holder) -> list[Lease]:
     """Take back every lease ``holder`` has in ``pools``, now."""
     taken: list[Lease] = []
     for pool in pools:
@@ -131,7 +128,7 @@ def drain(
     groups: list[pykka.ActorRef[Any]],
     deadline: float,
     hurry: Event,
-    caller: str,
+    caller: Holder,
 ) -> tuple[list[Lease], list[Lease], list[str]]:
     """Steps 1-4 of ``Runtime.shutdown``: (reclaimed at the deadline, from the caller, killed)."""
     for pool in pools:  # 1. refuse new Acquires; the caller's own leases come back now
@@ -179,34 +176,3 @@ def _wait(future: Any, deadline: float, hurry: Event) -> None:
         except Exception:  # answered with an error: nothing more to wait for
             return
         return
-
-
-def deliver(signum: int, previous: Any) -> None:
-    """What a signal would have done without the runtime's handler: ``previous``'s effect.
-
-    SIGINT raises KeyboardInterrupt, which, if nothing catches it, is printed as one
-    line rather than a traceback through the runtime's waits (the process still exits
-    as Ctrl-C'd programs do); another signal whose previous handler was the default
-    exits with status 128 + signum.
-    """
-    if callable(previous) and previous is not signal.default_int_handler:
-        previous(signum, None)
-    elif signum == signal.SIGINT:
-        interrupt = KeyboardInterrupt("the lessor runtime was shut down")
-        interrupt.lessor_quiet = True  # type: ignore[attr-defined]
-        if not getattr(sys.excepthook, "lessor_quiet", False):
-            sys.excepthook = _quiet_hook(sys.excepthook)
-        raise interrupt from None
-    else:
-        raise SystemExit(128 + signum)
-
-
-def _quiet_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
-    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        if getattr(value, "lessor_quiet", False):
-            print(f"{kind.__name__}: {value}", file=sys.stderr)
-        else:
-            previous(kind, value, tb)
-
-    hook.lessor_quiet = True  # type: ignore[attr-defined]
-    return hook
