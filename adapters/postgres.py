@@ -1,11 +1,28 @@
 """PostgreSQL connections for lessor pools (psycopg 3). Install with ``lessor[postgres]``.
 
 ``PostgresFactory`` opens connections with a connect timeout and an
-``application_name`` (so lessor's sessions can be counted server-side), checks them
-cheaply on borrow (the connection's own state; ``SELECT 1`` only after it sat idle
-for a while), rolls back whatever a holder left open on release (``DISCARD ALL`` on
-request), and never hands out a broken connection: one psycopg reports ``broken``
-or ``closed``, or in whose block an ``OperationalError`` was raised, is destroyed.
+``application_name`` (so lessor's sessions can be counted server-side) and never
+hands out a broken connection: one psycopg reports ``broken`` or ``closed``, or in
+whose block an ``OperationalError`` was raised, is destroyed.
+
+On release it does what psycopg_pool's ``_reset_connection`` does, by the
+connection's ``transaction_status`` (no round trip to find out):
+
+- ``IDLE``: nothing, no round trip (the holder committed, or ran in autocommit);
+- ``INTRANS`` / ``INERROR``: ``ROLLBACK``; if that fails (say the holder released
+  inside ``with conn.transaction()``, where psycopg forbids it), the connection goes;
+- ``ACTIVE`` (a query or a ``COPY`` still running) and ``UNKNOWN`` (closed, broken):
+  the connection goes, as does one left in pipeline mode.
+
+"Goes" means ``reset`` raises, and the pool destroys the connection and makes
+another. With ``discard_all`` a reset connection also gets ``DISCARD ALL``.
+
+On borrow there is no check by default, as with psycopg_pool: a connection that
+passed its reset cannot have changed state while idle without I/O, so a check
+could only find one the server dropped meanwhile, and that takes a round trip.
+``check_idle_after=s`` asks for that round trip (an empty query, as psycopg_pool's
+``check_connection``) for a connection idle at least ``s`` seconds (0: on every
+borrow); without it ``checks_on_borrow`` is False and the pool skips the step.
 """
 
 from __future__ import annotations
@@ -22,6 +39,8 @@ __all__ = ["PostgresFactory"]
 
 log = logging.getLogger("lessor.postgres")
 
+_ROLLBACK = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+
 
 class PostgresFactory(Factory[psycopg.Connection[Any]]):
     """Makes psycopg connections from a conninfo string and/or keyword arguments."""
@@ -32,12 +51,14 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         *,
         connect_timeout: float = 5.0,
         application_name: str = "lessor",
-        check_idle_after: float = 30.0,
+        check_idle_after: float | None = None,
         discard_all: bool = False,
         **kwargs: Any,
     ) -> None:
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
+        if check_idle_after is not None and check_idle_after < 0:
+            raise ValueError(f"check_idle_after must be >= 0, got {check_idle_after!r}")
         self.conninfo = conninfo
         self.connect_timeout = connect_timeout
         self.application_name = application_name
@@ -60,27 +81,38 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         self._clock.forget(resource)
         resource.close()
 
+    def checks_on_borrow(self) -> bool:
+        return self.check_idle_after is not None
+
     def check(self, resource: psycopg.Connection[Any]) -> bool:
-        """Cheap: the connection's state; a round trip only after a long idle spell."""
-        if resource.closed or resource.broken:
-            return False
+        """State first (free); one round trip only after an idle spell."""
+        if resource.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            return False  # closed or broken (UNKNOWN), or not reset
         idle = self._clock.idle_for(resource)
-        if idle < self.check_idle_after:
+        if self.check_idle_after is None or idle < self.check_idle_after:
             return True
+        autocommit = resource.autocommit
         try:
-            resource.execute("SELECT 1")
-            resource.rollback()
+            resource.autocommit = True  # an empty query, alone: one round trip
+            resource.execute("")
+            resource.autocommit = autocommit
         except psycopg.Error as exc:
             log.info("postgres: a connection idle for %.0fs failed its check: %s", idle, exc)
             return False
+        self._clock.mark(resource)
         return True
 
     def reset(self, resource: psycopg.Connection[Any]) -> None:
-        """Roll back what the holder left open; raising makes the pool destroy it."""
-        if resource.closed or resource.broken:
-            raise psycopg.OperationalError("connection is broken or closed")
-        if resource.info.transaction_status != pq.TransactionStatus.IDLE:
-            resource.rollback()
+        """Bring the connection back to IDLE, or raise so that the pool destroys it."""
+        status = resource.pgconn.transaction_status
+        if status in _ROLLBACK:
+            resource.rollback()  # raises inside ``with conn.transaction()``: it goes
+            status = resource.pgconn.transaction_status
+        if status != pq.TransactionStatus.IDLE:
+            name = pq.TransactionStatus(status).name
+            raise psycopg.InterfaceError(f"connection returned {name}: discarded")
+        if resource.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            raise psycopg.InterfaceError("connection returned in pipeline mode: discarded")
         if self.discard_all:
             autocommit = resource.autocommit
             resource.autocommit = True
@@ -94,4 +126,4 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         return isinstance(exc, psycopg.OperationalError)
 
     def __repr__(self) -> str:  # never show a password
-        return f"PostgresFactory(application_name={self.application_name!r})"
+        return f"{type(self).__name__}(application_name={self.application_name!r})"

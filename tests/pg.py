@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 
 @dataclass
@@ -60,3 +63,33 @@ def start() -> Postgres:
 def stop(pg: Postgres) -> None:
     if pg.server is not None:
         pg.server.cleanup()
+
+
+@contextlib.contextmanager
+def sent(conn: psycopg.Connection[Any]) -> Iterator[list[str]]:
+    """What libpq sends to the server on ``conn`` during the block, from its protocol trace.
+
+    One message per line, e.g. ``Query "ROLLBACK"``; a round trip ends with a ``Query``
+    or a ``Sync`` (see :func:`round_trips`). Whichever thread talks on ``conn`` (a pool's
+    reset may run on another thread).
+    """
+    messages: list[str] = []
+    with tempfile.TemporaryFile("w+") as trace:
+        # libpq's untrace flushes its stream but never closes it: the file's own close
+        # does (libpq's FILE, flushed and forgotten, is the only thing left behind)
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            yield messages
+        finally:
+            conn.pgconn.untrace()
+            trace.seek(0)
+            for line in trace:
+                direction, _, *message = line.rstrip("\n").split("\t")
+                if direction == "F":
+                    messages.append(" ".join(part.strip() for part in message))
+
+
+def round_trips(messages: list[str]) -> int:
+    """How many times the client waited for the server (a simple Query, or a Sync)."""
+    return sum(1 for m in messages if m.startswith(("Query", "Sync")))
