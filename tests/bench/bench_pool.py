@@ -1,8 +1,26 @@
-"""Benchmark: PoolActor Acquire+Release against a bare pykka ask and a queue.Queue pool.
+"""Benchmark: an in-process lessor Acquire+Release against psycopg_pool and a queue.Queue pool.
 
-Run by hand: ``python tests/bench/bench_pool.py [--json] [--pairs N] [--repeat R]``.
+Run by hand from the repository root: ``python tests/bench/bench_pool.py [--json]
+[--pairs N] [--repeat R]``. Uses LESSOR_PG_DSN, or starts the embedded PostgreSQL.
 All figures come from the same run on the same machine; targets are ratios.
-Target: ``ratio_to_ask <= 1.3`` (Release is a tell: one round trip per pair).
+Target: ``ratio_to_psycopg_pool <= 1.0``.
+
+Per pair, one thread, nobody else waiting, each side through its public API:
+
+- ``pair_us``: ``lease = handle.acquire()``, read ``lease.resource``,
+  ``handle.release(lease)``, on a 4-token ``TokenFactory`` pool (no check, no reset);
+- ``lease_block_us``: the same through ``with handle.lease() as token:``;
+- ``psycopg_pool_pair_us``: ``conn = pool.getconn()``, ``pool.putconn(conn)`` on a
+  4-connection ``psycopg_pool.ConnectionPool`` with no ``check`` and no ``reset``.
+  Nothing reaches the server: the connection stays IDLE, so putconn's
+  ``_reset_connection`` does nothing;
+- ``queue_pool_us``: ``token = q.get()``, ``q.put(token)`` (the floor for a pool);
+- ``ask_us``: one pykka ask to an echo actor (the thread hand-off the pair used to cost).
+
+``pairs_per_s`` (and ``psycopg_pool_pairs_per_s``) is total pairs per second with 1, 4
+and 16 threads sharing the 4-resource pool, each doing the pair above in a loop. The
+threads start together at a barrier; each figure is the median of ``repeat`` rounds,
+lessor and psycopg_pool taking turns.
 """
 
 from __future__ import annotations
@@ -12,13 +30,16 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+import psycopg_pool
 import pykka
-from common import cli  # run as a script: this folder is on sys.path
+from common import Ops, cli, interleaved, postgres  # run as a script: this folder is on sys.path
 
-from lessor import PoolSpec, TokenFactory, start_pool
+from lessor import PoolHandle, PoolSpec, TokenFactory, start_pool
+
+SIZE = 4
+THREADS = (1, 4, 16)
 
 
 class Echo(pykka.ThreadingActor):
@@ -26,70 +47,154 @@ class Echo(pykka.ThreadingActor):
         return message
 
 
-def per_op_us(fn: Callable[[int], None], n: int) -> float:
-    began = time.perf_counter()
-    fn(n)
-    return (time.perf_counter() - began) / n * 1e6
+def lessor_pairs(handle: PoolHandle) -> Ops:
+    acquire, release = handle.acquire, handle.release
+
+    def pairs(k: int) -> None:
+        held = None
+        for _ in range(k):
+            lease = acquire(timeout=30)
+            held = lease.resource  # the holder has it in hand, between the two calls
+            release(lease)
+        assert held is not None
+
+    return pairs
 
 
-def interleaved(benches: dict[str, Callable[[int], None]], n: int, repeat: int) -> dict[str, float]:
-    """Median µs per op; the contenders take turns so they share the machine's noise."""
-    for fn in benches.values():
-        fn(min(n, 2000))  # warm up
-    runs: dict[str, list[float]] = {name: [] for name in benches}
-    for _ in range(repeat):
-        for name, fn in benches.items():
-            runs[name].append(per_op_us(fn, n))
-    return {name: statistics.median(values) for name, values in runs.items()}
+def lessor_blocks(handle: PoolHandle) -> Ops:
+    lease = handle.lease
+
+    def blocks(k: int) -> None:
+        held = None
+        for _ in range(k):
+            with lease(timeout=30) as token:
+                held = token
+        assert held is not None
+
+    return blocks
 
 
-def throughput(pairs: Callable[[int], None], threads: int, n: int) -> int:
+def psycopg_pool_pairs(pool: psycopg_pool.ConnectionPool[Any]) -> Ops:
+    getconn, putconn = pool.getconn, pool.putconn
+
+    def pairs(k: int) -> None:
+        for _ in range(k):
+            conn = getconn(timeout=30)
+            assert not conn.closed  # the holder has it in hand (an attribute, no I/O)
+            putconn(conn)
+
+    return pairs
+
+
+def queue_pairs(tokens: queue.Queue[int]) -> Ops:
+    get, put = tokens.get, tokens.put
+
+    def pairs(k: int) -> None:
+        for _ in range(k):
+            token = get(timeout=30)
+            put(token)
+
+    return pairs
+
+
+def asks(echo: pykka.ActorRef[Any]) -> Ops:
+    ask = echo.ask
+
+    def run(k: int) -> None:
+        for i in range(k):
+            ask(i)
+
+    return run
+
+
+def pairs_per_s(pairs: Ops, threads: int, n: int) -> float:
+    """Pairs per second for ``threads`` threads doing ``n`` pairs between them."""
     each = max(200, n // threads)
-    workers = [threading.Thread(target=pairs, args=(each,)) for _ in range(threads)]
-    began = time.perf_counter()
+    start = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        start.wait()
+        try:
+            pairs(each)
+        except BaseException as exc:  # reported below: a failed round is no figure
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
     for w in workers:
         w.start()
+    start.wait()
+    began = time.perf_counter()
     for w in workers:
         w.join()
-    return round(threads * each / (time.perf_counter() - began))
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return threads * each / elapsed
+
+
+def throughput(contenders: dict[str, Ops], n: int, repeat: int) -> dict[str, dict[str, int]]:
+    """Median pairs/s per contender and thread count, the contenders taking turns."""
+    runs: dict[tuple[str, int], list[float]] = {}
+    for pairs in contenders.values():
+        for threads in THREADS:
+            pairs_per_s(pairs, threads, min(n, 2000))  # warm up (threads, waiters)
+    for _ in range(repeat):
+        for threads in THREADS:
+            for name, pairs in contenders.items():
+                runs.setdefault((name, threads), []).append(pairs_per_s(pairs, threads, n))
+    return {
+        name: {str(t): round(statistics.median(runs[name, t])) for t in THREADS}
+        for name in contenders
+    }
 
 
 def run(n: int, repeat: int) -> dict[str, Any]:
-    echo = Echo.start()
-    handle = start_pool(PoolSpec("bench", TokenFactory(), min_size=4, max_size=4))
-    tokens: queue.Queue[int] = queue.Queue()
-    for i in range(4):
-        tokens.put(i)
-    try:
-        ask, acquire, release = echo.ask, handle.acquire, handle.release
-        get, put = tokens.get, tokens.put
-
-        def asks(k: int) -> None:
-            for i in range(k):
-                ask(i)
-
-        def pairs(k: int) -> None:
-            for _ in range(k):
-                release(acquire(timeout=10))
-
-        def queue_pairs(k: int) -> None:
-            for _ in range(k):
-                put(get(timeout=1))
-
-        us = interleaved({"ask": asks, "pair": pairs, "queue": queue_pairs}, n, repeat)
-        return {
-            "pair_us": round(us["pair"], 2),
-            "ask_us": round(us["ask"], 2),
-            "queue_pool_us": round(us["queue"], 2),
-            "ratio_to_ask": round(us["pair"] / us["ask"], 3),
-            "pairs_per_s": {str(t): throughput(pairs, t, n) for t in (1, 4, 16)},
-            "target_ratio_to_ask": 1.3,
-            "pool_max_size": 4,
-            "cpus": os.cpu_count(),
-        }
-    finally:
-        handle.stop()
-        echo.stop()
+    with postgres() as dsn:
+        echo = Echo.start()
+        handle = start_pool(PoolSpec("bench", TokenFactory(), min_size=SIZE, max_size=SIZE))
+        pool = psycopg_pool.ConnectionPool(dsn, min_size=SIZE, max_size=SIZE, open=False)
+        tokens: queue.Queue[int] = queue.Queue()
+        for i in range(SIZE):
+            tokens.put(i)
+        try:
+            pool.open(wait=True, timeout=30)
+            pair, ppool = lessor_pairs(handle), psycopg_pool_pairs(pool)
+            us = interleaved(
+                {
+                    "pair": pair,
+                    "block": lessor_blocks(handle),
+                    "psycopg_pool": ppool,
+                    "queue": queue_pairs(tokens),
+                    "ask": asks(echo),
+                },
+                n,
+                repeat,
+            )
+            rates = throughput({"lessor": pair, "psycopg_pool": ppool}, n, max(3, repeat // 3))
+            stats = handle.stats()
+            assert stats.acquired == stats.released and stats.leased == 0
+        finally:
+            pool.close()
+            handle.stop()
+            echo.stop()
+    return {
+        "pair_us": round(us["pair"], 2),
+        "lease_block_us": round(us["block"], 2),
+        "psycopg_pool_pair_us": round(us["psycopg_pool"], 2),
+        "queue_pool_us": round(us["queue"], 2),
+        "ask_us": round(us["ask"], 2),
+        "ratio_to_psycopg_pool": round(us["pair"] / us["psycopg_pool"], 3),
+        "ratio_to_queue_pool": round(us["pair"] / us["queue"], 3),
+        "ratio_to_ask": round(us["pair"] / us["ask"], 3),
+        "pairs_per_s": rates["lessor"],
+        "psycopg_pool_pairs_per_s": rates["psycopg_pool"],
+        "target_ratio_to_psycopg_pool": 1.0,
+        "pool_size": SIZE,
+        "pairs": n,
+        "repeat": repeat,
+        "cpus": os.cpu_count(),
+    }
 
 
 if __name__ == "__main__":

@@ -2,23 +2,45 @@
 
 Run by hand from the repository root, with the bench extra installed
 (``pip install -e '.[dev,bench]'``): ``python tests/bench/bench_postgres.py [--json]``.
-Uses LESSOR_PG_DSN, or starts PostgreSQL from the pgserver wheel in a temp dir.
-All figures come from the same run against the same server.
+Uses LESSOR_PG_DSN, or starts the embedded PostgreSQL the tests use.
+All figures come from the same run against the same server, the contenders taking
+turns (medians of ``repeat`` rounds). Target: ``ratio_to_psycopg_pool <= 1.0``.
+
+What each side does per iteration, one pooled connection each, no borrow check on
+either side (psycopg_pool's default; ``PostgresFactory``'s unless ``check_idle_after``):
+
+- ``lessor_us``: ``with db.lease() as conn: conn.execute("SELECT 1")``: ``BEGIN``,
+  ``SELECT 1``; the release finds the connection INTRANS, so the factory's ``reset``
+  sends ``ROLLBACK``. Three round trips.
+- ``psycopg_pool_us``: ``with pool.connection() as conn: conn.execute("SELECT 1")``:
+  ``getconn`` (no check), ``BEGIN``, ``SELECT 1``; leaving ``with conn`` sends
+  ``COMMIT``; ``putconn`` then finds the connection IDLE, so ``_reset_connection``
+  sends nothing. Three round trips.
+- ``sqlalchemy_us``: ``engine.connect()`` + ``exec_driver_sql("SELECT 1")``: ``BEGIN``,
+  ``SELECT 1``, and ``ROLLBACK`` on return to its QueuePool (reset on return).
+- ``*_autocommit_us``: lessor and psycopg_pool again with ``autocommit=True``
+  connections: ``SELECT 1`` alone, one round trip; both pools find the connection IDLE
+  on return and send nothing. This is where the pools' own overhead shows most.
+
+``round_trips`` counts the round trips each side makes in one iteration, the pool's
+own work on return included (from libpq's protocol trace), so the comparison's
+fairness is checked on every run.
+``xproc_us`` is the lessor pair from a worker process on its process-scoped pool, and
+``quota_connect_ms`` what the global quota adds to opening a connection there.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from common import cli  # run as a script: this folder is on sys.path
+from common import Ops, cli, interleaved, postgres  # run as a script: this folder is on sys.path
 
 import lessor
-from lessor import PoolSpec, Runtime, start_pool
+from lessor import PoolHandle, PoolSpec, Runtime, start_pool
 from lessor.adapters.postgres import PostgresFactory
 
 
@@ -52,8 +74,59 @@ def quota_worker(job: list[Any]) -> float:
         began = time.perf_counter()
         with db.lease(timeout=30) as conn:
             times.append((time.perf_counter() - began) * 1000)
-            conn.close()  # broken on release: the next lease opens a new one
+            conn.close()  # discarded on release: the next lease opens a new one
     return statistics.median(times)
+
+
+def via_lessor(db: PoolHandle) -> Ops:
+    lease = db.lease
+
+    def selects(k: int) -> None:
+        for _ in range(k):
+            with lease(timeout=10) as conn:
+                conn.execute("SELECT 1")
+
+    return selects
+
+
+def via_psycopg_pool(pool: Any) -> Ops:
+    connection = pool.connection
+
+    def selects(k: int) -> None:
+        for _ in range(k):
+            with connection(timeout=10) as conn:
+                conn.execute("SELECT 1")
+
+    return selects
+
+
+def via_sqlalchemy(engine: Any) -> Ops:
+    connect = engine.connect
+
+    def selects(k: int) -> None:
+        for _ in range(k):
+            with connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+    return selects
+
+
+def round_trips(selects: Ops, borrow: Callable[[], Any], give_back: Callable[[Any], None]) -> int:
+    """Messages sent to the server by one iteration, the pool's return work included.
+
+    The pool holds one connection: ``borrow`` gets it (waiting out any return work
+    still running elsewhere), ``give_back`` returns it.
+    """
+    from tests import pg  # on sys.path once postgres() ran
+
+    held = borrow()
+    conn = getattr(held, "resource", held)
+    give_back(held)
+    with pg.sent(conn) as messages:
+        selects(1)
+        held = borrow()  # the previous return's reset has finished
+    give_back(held)
+    return pg.round_trips(messages)
 
 
 def run(n: int, repeat: int) -> dict[str, Any]:
@@ -61,40 +134,45 @@ def run(n: int, repeat: int) -> dict[str, Any]:
     import psycopg_pool
     import sqlalchemy
 
-    server = None
-    dsn = os.environ.get("LESSOR_PG_DSN")
-    if not dsn:
-        import pgserver
-
-        server = pgserver.get_server(tempfile.mkdtemp(), cleanup_mode="stop")
-        dsn = server.get_uri()
-    try:
-        lessor_pool = start_pool(PoolSpec("pg", PostgresFactory(dsn), min_size=1, max_size=1))
-        ppool = psycopg_pool.ConnectionPool(dsn, min_size=1, max_size=1, open=True)
+    with postgres() as dsn:
+        db = start_pool(PoolSpec("pg", PostgresFactory(dsn), min_size=1, max_size=1))
+        db_auto = start_pool(
+            PoolSpec("pg-ac", PostgresFactory(dsn, autocommit=True), min_size=1, max_size=1)
+        )
+        pool = psycopg_pool.ConnectionPool(dsn, min_size=1, max_size=1, open=False)
+        pool_auto = psycopg_pool.ConnectionPool(
+            dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+        )
         engine = sqlalchemy.create_engine(
             "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), pool_size=1
         )
-
-        def via_lessor() -> None:
-            with lessor_pool.lease(timeout=10) as conn:
-                conn.execute("SELECT 1")
-
-        def via_psycopg_pool() -> None:
-            with ppool.connection() as conn:
-                conn.execute("SELECT 1")
-
-        def via_sqlalchemy() -> None:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-
-        runs: dict[str, list[float]] = {"lessor": [], "psycopg_pool": [], "sqlalchemy": []}
-        for _ in range(repeat):  # interleaved: all see the same noise
-            runs["lessor"].append(timed_us(via_lessor, n))
-            runs["psycopg_pool"].append(timed_us(via_psycopg_pool, n))
-            runs["sqlalchemy"].append(timed_us(via_sqlalchemy, n))
-        lessor_pool.stop()
-        ppool.close()
-        engine.dispose()
+        try:
+            pool.open(wait=True, timeout=30)
+            pool_auto.open(wait=True, timeout=30)
+            contenders = {
+                "lessor": via_lessor(db),
+                "psycopg_pool": via_psycopg_pool(pool),
+                "sqlalchemy": via_sqlalchemy(engine),
+                "lessor_autocommit": via_lessor(db_auto),
+                "psycopg_pool_autocommit": via_psycopg_pool(pool_auto),
+            }
+            trips = {
+                "lessor": round_trips(contenders["lessor"], db.acquire, db.release),
+                "psycopg_pool": round_trips(contenders["psycopg_pool"], pool.getconn, pool.putconn),
+                "lessor_autocommit": round_trips(
+                    contenders["lessor_autocommit"], db_auto.acquire, db_auto.release
+                ),
+                "psycopg_pool_autocommit": round_trips(
+                    contenders["psycopg_pool_autocommit"], pool_auto.getconn, pool_auto.putconn
+                ),
+            }
+            us = interleaved(contenders, n, repeat)
+        finally:
+            db.stop()
+            db_auto.stop()
+            pool.close()
+            pool_auto.close()
+            engine.dispose()
         plain_connect_ms = statistics.median(
             timed_us(lambda: psycopg.connect(dsn).close(), 1) / 1000 for _ in range(20)
         )
@@ -104,20 +182,25 @@ def run(n: int, repeat: int) -> dict[str, Any]:
             )
             xproc = runtime.map(worker_select, [["pg", n]], workers=1)[0]
             quota_ms = runtime.map(quota_worker, [["pg", 20]], workers=1)[0]
-        median = {name: statistics.median(values) for name, values in runs.items()}
-        return {
-            "lessor_us": round(median["lessor"], 1),
-            "psycopg_pool_us": round(median["psycopg_pool"], 1),
-            "sqlalchemy_us": round(median["sqlalchemy"], 1),
-            "xproc_us": round(xproc, 1),
-            "quota_connect_ms": round(quota_ms - plain_connect_ms, 3),
-            "plain_connect_ms": round(plain_connect_ms, 3),
-            "ratio_to_psycopg_pool": round(median["lessor"] / median["psycopg_pool"], 3),
-            "cpus": os.cpu_count(),
-        }
-    finally:
-        if server is not None:
-            server.cleanup()
+    return {
+        "lessor_us": round(us["lessor"], 1),
+        "psycopg_pool_us": round(us["psycopg_pool"], 1),
+        "sqlalchemy_us": round(us["sqlalchemy"], 1),
+        "ratio_to_psycopg_pool": round(us["lessor"] / us["psycopg_pool"], 3),
+        "lessor_autocommit_us": round(us["lessor_autocommit"], 1),
+        "psycopg_pool_autocommit_us": round(us["psycopg_pool_autocommit"], 1),
+        "autocommit_ratio_to_psycopg_pool": round(
+            us["lessor_autocommit"] / us["psycopg_pool_autocommit"], 3
+        ),
+        "round_trips": trips,
+        "target_ratio_to_psycopg_pool": 1.0,
+        "xproc_us": round(xproc, 1),
+        "quota_connect_ms": round(quota_ms - plain_connect_ms, 3),
+        "plain_connect_ms": round(plain_connect_ms, 3),
+        "pairs": n,
+        "repeat": repeat,
+        "cpus": os.cpu_count(),
+    }
 
 
 if __name__ == "__main__":

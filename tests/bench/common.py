@@ -1,11 +1,53 @@
-"""What the benchmarks share: running by hand and printing one result."""
+"""What the benchmarks share: timing contenders fairly, a PostgreSQL, and the command line."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
-from collections.abc import Callable
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+#: ``fn(k)`` does ``k`` operations; a benchmark times it.
+Ops = Callable[[int], None]
+
+
+def per_op_us(fn: Ops, n: int) -> float:
+    gc.collect()  # a collection left over from the last contender is not this one's cost
+    began = time.perf_counter()
+    fn(n)
+    return (time.perf_counter() - began) / n * 1e6
+
+
+def interleaved(benches: dict[str, Ops], n: int, repeat: int) -> dict[str, float]:
+    """Median µs per op; the contenders take turns so they share the machine's noise."""
+    for fn in benches.values():
+        fn(min(n, 2000))  # warm up
+    runs: dict[str, list[float]] = {name: [] for name in benches}
+    for _ in range(repeat):
+        for name, fn in benches.items():
+            runs[name].append(per_op_us(fn, n))
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A DSN: LESSOR_PG_DSN, or the embedded server the tests use (``tests/pg.py``)."""
+    root = str(Path(__file__).parents[2])
+    if root not in sys.path:
+        sys.path.append(root)  # after the installed lessor, so it never shadows it
+    from tests import pg
+
+    server = pg.start()
+    try:
+        yield server.dsn
+    finally:
+        pg.stop(server)
 
 
 def cli(
@@ -22,4 +64,4 @@ def cli(
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>20}: {value}")
+            print(f"{key:>24}: {value}")
