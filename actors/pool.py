@@ -267,6 +267,9 @@ class PoolActor(LessorActor):
         match message:
             case Tick():
                 self._apply(core.tick(now))
+                core.take_alarm()  # the full look below covers what the tick added
+                self._arm(after_tick=True)
+                return None
             case Created(resource):
                 self._apply(core.created(now, resource))
             case CreateFailed(error):
@@ -303,10 +306,11 @@ class PoolActor(LessorActor):
 
     # -- carrying out decisions --------------------------------------------------------
 
-    def _arm(self) -> None:
+    def _arm(self, after_tick: bool = False) -> None:
+        """Wake for the core's next deadline: O(1) per turn, a full look after a tick."""
         timer = self._timer
         if timer is not None:
-            due = self.core.next_deadline()
+            due = self.core.next_deadline() if after_tick else self.core.take_alarm()
             if due is not None and due < timer.due:
                 timer.schedule(due)
 

@@ -114,6 +114,7 @@ class PoolModel(RuleBasedStateMachine):
         self.core: PoolCore | None = None
         self.now = 0.0
         self.ticked_at = 0.0  # when tick() last ran; the clock may be ahead of it
+        self.armed = float("inf")  # the owner's timer, armed as PoolActor arms it
         self.closed = False
         self.close_after: int | None = None
         self.steps = 0
@@ -745,6 +746,9 @@ class PoolModel(RuleBasedStateMachine):
         assert now >= self.now
         self.now = self.ticked_at = now
         self.apply(self.pool.tick(now))
+        self.pool.take_alarm()  # after a tick the owner takes the full look instead
+        nd = self.pool.next_deadline()
+        self.armed = float("inf") if nd is None else nd
         # everything due by now was done
         for ticket in [*self.queued, *self.in_check]:
             assert self.all_waiters[ticket].deadline > now, f"{ticket} outlived its deadline"
@@ -811,6 +815,18 @@ class PoolModel(RuleBasedStateMachine):
         assert self.pool.stats().idle == 0
 
     # -- invariants --------------------------------------------------------------------
+
+    @invariant()
+    def the_owners_timer_is_never_armed_too_late(self) -> None:
+        """What PoolActor relies on: arming with ``take_alarm`` after each call (O(1))
+        wakes it no later than ``next_deadline`` (the full look) would."""
+        if self.core is None:
+            return
+        alarm = self.pool.take_alarm()
+        if alarm is not None:
+            self.armed = min(self.armed, alarm)
+        nd = self.pool.next_deadline()
+        assert nd is None or self.armed <= nd, f"armed for {self.armed}, next deadline {nd}"
 
     @invariant()
     def books_agree(self) -> None:

@@ -321,3 +321,22 @@ def test_an_orphan_given_back_twice_is_a_double_release() -> None:
         core.release(2.0, released.id, WORKER)
     with pytest.raises(ExpiredLease):
         core.release(2.0, reclaimed.id, THREAD)
+
+
+def test_a_probe_wanted_by_a_new_waiter_is_in_the_alarm_after_a_tick_forgot_it() -> None:
+    """The owner arms with take_alarm after each call. A failing factory's next probe
+    is not a deadline while nobody wants a resource; once a waiter does, the alarm
+    must say so, or the probe would wait for that waiter's own timeout."""
+    spec = PoolSpec("p", TokenFactory(), max_size=1, create_backoff=1.0)
+    core = PoolCore(spec, epoch="e", rng=random.Random(1))
+    holder = Holder.thread(1, 1, 1)
+    core.acquire(0.0, "first", holder, timeout=10)  # -> Create
+    core.create_failed(0.0, RuntimeError("db down"))
+    core.cancel(0.1, "first")  # nobody wants one now: the probe is not a deadline
+    core.tick(0.2)
+    core.take_alarm()
+    assert core.next_deadline() is None
+    core.acquire(0.3, "second", holder, timeout=10)  # wants one; the probe is not due yet
+    alarm, deadline = core.take_alarm(), core.next_deadline()
+    assert deadline is not None and deadline < 10.3  # the probe, not the waiter's timeout
+    assert alarm is not None and alarm <= deadline

@@ -16,7 +16,7 @@ __all__ = ["Backoff"]
 class Backoff:
     """Failures of one pool's factory since its last success."""
 
-    __slots__ = ("_base", "_cap", "_rng", "failures", "last_error", "retry_at")
+    __slots__ = ("_base", "_cap", "_rng", "alarm", "failures", "last_error", "retry_at")
 
     def __init__(self, base: float, cap: float, rng: random.Random) -> None:
         self._base = base
@@ -24,6 +24,7 @@ class Backoff:
         self._rng = rng
         self.failures = 0
         self.retry_at = 0.0
+        self.alarm = float("inf")  # the earliest ``retry_at`` set since the owner last looked
         #: Named in acquire timeouts: "password authentication failed" beats a bare timeout.
         self.last_error: BaseException | None = None
 
@@ -36,12 +37,16 @@ class Backoff:
         self.last_error = error
         delay = min(self._cap, self._base * 2 ** (self.failures - 1))
         self.retry_at = now + delay * (0.5 + 0.5 * self._rng.random())
+        self.alarm = min(self.alarm, self.retry_at)
 
     def allowed(self, now: float, creating: int, wanted: int) -> int:
         """How many of ``wanted`` creations may start now."""
         if not self.failures:
             return wanted
-        if creating or now < self.retry_at:
+        if creating:
+            return 0
+        if now < self.retry_at:
+            self.alarm = min(self.alarm, self.retry_at)  # a probe is wanted: wake for it
             return 0
         return min(wanted, 1)
 

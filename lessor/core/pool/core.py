@@ -37,6 +37,8 @@ from lessor.protocol.messages import Lease
 
 __all__ = ["PoolCore"]
 
+_INF = float("inf")
+
 
 class PoolCore(PoolState):
     """Bookkeeping for one pool incarnation: the calls its owner makes.
@@ -216,6 +218,27 @@ class PoolCore(PoolState):
         self._slots.evict(now, out)
         self._settle(now, out)
         return out
+
+    def take_alarm(self) -> float | None:
+        """The earliest deadline added since the last call, or None: O(1), for every turn.
+
+        A deadline only appears when something is queued, lent, made, idled or fails,
+        and ``tick`` needs running no earlier than the earliest of them; the owner
+        arms its timer with this and, after a tick, with ``next_deadline``. A wake-up
+        for a deadline that went away meanwhile (a waiter served) only ticks early.
+        """
+        q, ledger, slots, backoff, recall = (
+            self._queue,
+            self._ledger,
+            self._slots,
+            self._backoff,
+            self._recall,
+        )
+        alarm = min(q.alarm, ledger.alarm, slots.alarm, backoff.alarm, recall.alarm)
+        if alarm == _INF:
+            return None
+        q.alarm = ledger.alarm = slots.alarm = backoff.alarm = recall.alarm = _INF
+        return alarm
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has work, or None if only a request can create work."""

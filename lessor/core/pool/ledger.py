@@ -57,6 +57,8 @@ class Ledger:
         self, pool: str, epoch: str, past_epochs: Iterable[str], orphans: Sequence[Lease]
     ) -> None:
         self.pool = pool
+        #: The earliest deadline added since the owner last looked (PoolCore.take_alarm).
+        self.alarm = float("inf")
         self.prefix = f"{pool}/{epoch}/"
         self._past_prefixes = tuple(f"{pool}/{e}/" for e in past_epochs)
         self._numbers = itertools.count(1)
@@ -95,6 +97,7 @@ class Ledger:
             held.add(lease.id)
         if expires_at is not None:
             heapq.heappush(self._expiries, (expires_at, lease.id))
+            self.alarm = min(self.alarm, expires_at)
         return lease
 
     def get(self, lease_id: str) -> Loan | None:
@@ -130,6 +133,7 @@ class Ledger:
         loan.lease = lease
         if lease.expires_at is not None:
             heapq.heappush(self._expiries, (lease.expires_at, lease.id))
+            self.alarm = min(self.alarm, lease.expires_at)
 
     def expired(self, now: float) -> list[Loan]:
         """Loans whose lease expires at ``now`` or earlier (still out: the caller ends them)."""

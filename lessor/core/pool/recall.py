@@ -30,13 +30,14 @@ def _gives_back(holder: Holder) -> bool:
 class Recall:
     """When the pool last asked for leases back, and when it asks next."""
 
-    __slots__ = ("asked_at", "due")
+    __slots__ = ("alarm", "asked_at", "due")
 
     def __init__(self) -> None:
         #: The last AskBack of the current starved spell (None: not starved, or none yet).
         self.asked_at: float | None = None
         #: When to ask again (for ``next_deadline``); None if nobody was asked.
         self.due: float | None = None
+        self.alarm = float("inf")  # the earliest ``due`` set since the owner last looked
 
     def stop(self) -> None:
         """Not starved any more: the next starved spell asks at once."""
@@ -52,5 +53,6 @@ class Recall:
             out.append(AskBack(givers))
             self.asked_at = now
             self.due = now + RECALL_INTERVAL
+            self.alarm = min(self.alarm, self.due)
         else:
             self.due = None

@@ -41,6 +41,8 @@ class Slots:
 
     def __init__(self, spec: PoolSpec, rng: random.Random, counters: Counters) -> None:
         self._spec = spec
+        #: The earliest deadline added since the owner last looked (PoolCore.take_alarm).
+        self.alarm = float("inf")
         self._rng = rng
         self._counters = counters
         self._lifo = spec.strategy == "lifo"
@@ -68,6 +70,7 @@ class Slots:
         self.all[slot.id] = slot
         if retire_at != _INF:
             heapq.heappush(self._retire, (retire_at, slot.id))
+            self.alarm = min(self.alarm, retire_at)
         return slot
 
     def take_idle(self, now: float, out: list[Decision]) -> Slot | None:
@@ -87,7 +90,12 @@ class Slots:
             self.destroy(slot, "lifetime", out)
         else:
             slot.last_used = now
-            self.idle.append(slot)
+            idle = self.idle
+            idle.append(slot)
+            max_idle = self._spec.max_idle
+            if max_idle is not None and len(idle) > self._spec.min_size:
+                evict_at = idle[0].last_used + max_idle
+                self.alarm = min(self.alarm, evict_at)
 
     def check(self, slot: Slot, out: list[Decision]) -> None:
         self.checking[slot.id] = slot

@@ -43,6 +43,8 @@ class WaitQueue:
     def __init__(self) -> None:
         #: Queued waiters by ticket (read-only outside; not in priority order).
         self.queued: dict[object, Waiter] = {}
+        #: The earliest deadline added since the owner last looked (PoolCore.take_alarm).
+        self.alarm = float("inf")
         self._order: list[tuple[int, int, Waiter]] = []
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._serving: dict[int, Waiter] = {}  # slot id -> waiter its check is for
@@ -73,6 +75,7 @@ class WaitQueue:
         self.queued[ticket] = waiter
         heapq.heappush(self._order, (-priority, seq, waiter))
         heapq.heappush(self._deadlines, (waiter.deadline, seq, waiter))
+        self.alarm = min(self.alarm, waiter.deadline)
 
     def pop_best(self) -> Waiter:
         """Take the best queued waiter out of the queue (there must be one)."""
