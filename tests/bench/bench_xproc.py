@@ -9,6 +9,8 @@ a kernel semaphore slot is lost for good when its holder dies; lessor's is not.
 and recalled when someone else waits. ``pair_uncached_us`` is ``cache=False``, where
 every Acquire is a round trip. ``recall_ms`` is the price of caching: how long an
 Acquire in the runtime waits for a lease parked in an idle worker.
+``sigkill_reclaim_ms``: from SIGKILL of a worker holding a pool's only lease to the
+grant of an Acquire waiting for it in the runtime (target < 10 ms).
 """
 
 from __future__ import annotations
@@ -105,6 +107,58 @@ def recall_ms(runtime: Runtime, rounds: int) -> float:
     return statistics.median(waits)
 
 
+def hold_until_killed(job: list[Any]) -> None:
+    """In a worker: hold the pool's one lease (uncached), say so, then wait to be killed."""
+    pool_name, flag = job
+    slots = lessor.connect().pool(pool_name, cache=False)
+    slots.acquire(timeout=30)
+    with open(flag + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.rename(flag + ".tmp", flag)
+    time.sleep(60)
+
+
+def sigkill_reclaim_ms(runtime: Runtime, rounds: int) -> float:
+    """Median time from SIGKILL of a worker holding the one lease to a waiter's grant."""
+    pool = runtime.add_pool(PoolSpec("held", TokenFactory(), max_size=1))
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            flag = os.path.join(tmp, str(i))
+            job = threading.Thread(
+                target=lambda f=flag: runtime.map(
+                    hold_until_killed, [["held", f]], workers=1, max_restarts=0,
+                    return_exceptions=True,
+                ),
+                daemon=True,
+            )  # fmt: skip
+            job.start()
+            while not os.path.exists(flag):
+                time.sleep(0.005)
+            with open(flag) as f:
+                pid = int(f.read())
+            granted: list[float] = []
+            waiter = threading.Thread(
+                target=lambda out=granted: out.append(_acquire_then_release(pool)), daemon=True
+            )
+            waiter.start()
+            while pool.stats().waiting == 0:
+                time.sleep(0.001)
+            killed = time.perf_counter()
+            os.kill(pid, 9)
+            waiter.join(30)
+            times.append((granted[0] - killed) * 1e3)
+            job.join(30)
+    return statistics.median(times)
+
+
+def _acquire_then_release(pool: Any) -> float:
+    lease = pool.acquire(timeout=30)
+    at = time.perf_counter()
+    pool.release(lease)
+    return at
+
+
 def _echo(conn: Connection) -> None:
     while True:
         data = conn.recv_bytes()
@@ -184,6 +238,7 @@ def run(n: int, repeat: int) -> dict[str, Any]:
             span = max(r[2] for r in runs) - min(r[1] for r in runs)
             throughput_uncached[str(workers)] = round(workers * each / span)
         recall = recall_ms(runtime, repeat * 2)
+        reclaim = sigkill_reclaim_ms(runtime, max(3, repeat))
         waits = contended_waits(runtime, 8, max(500, n // 4))
     pair_us, pipe_us = statistics.median(pair), statistics.median(pipe)
     uncached_us = statistics.median(uncached)
@@ -202,6 +257,7 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         "ratio_to_pipe_uncached": round(uncached_us / pipe_us, 2),
         "speedup_vs_manager_uncached": round(manager_us / uncached_us, 2),
         "recall_ms": round(recall, 2),
+        "sigkill_reclaim_ms": round(reclaim, 2),
         "acquire_wait_8_workers": waits,
         "note": "pair: client.pool(name), leases parked in the worker and reused until the "
         "pool recalls them; uncached: client.pool(name, cache=False), every Acquire a round "
