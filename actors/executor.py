@@ -15,13 +15,14 @@ to a stopped pool is destroyed there).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from lessor.actors.per_process import PerProcess
 
 __all__ = ["FactoryLane", "FactoryThreads", "process_factory_threads"]
 
@@ -152,22 +153,9 @@ class FactoryLane:
         return True
 
 
-_process_threads: FactoryThreads | None = None
-_lock = threading.Lock()
+_per_process: PerProcess[FactoryThreads] = PerProcess(lambda: FactoryThreads("lessor-factory"))
 
 
 def process_factory_threads() -> FactoryThreads:
-    """The factory threads of pools started outside a Runtime (a worker's own pools)."""
-    global _process_threads  # noqa: PLW0603 - one per process, made on first use
-    with _lock:
-        if _process_threads is None:
-            _process_threads = FactoryThreads("lessor-factory")
-        return _process_threads
-
-
-def _forget_after_fork() -> None:
-    global _process_threads  # noqa: PLW0603
-    _process_threads = None
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+    """The factory threads every pool of this process shares."""
+    return _per_process.get()

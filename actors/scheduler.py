@@ -12,10 +12,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
+
+from lessor.actors.per_process import PerProcess
 
 __all__ = ["Scheduler", "Timer", "process_scheduler"]
 
@@ -121,22 +122,9 @@ class Scheduler:
                 log.debug("a timer's owner refused its wake-up", exc_info=True)
 
 
-_process_scheduler: Scheduler | None = None
-_lock = threading.Lock()
+_per_process: PerProcess[Scheduler] = PerProcess(lambda: Scheduler("lessor-scheduler"))
 
 
 def process_scheduler() -> Scheduler:
-    """The scheduler of actors started outside a Runtime (a worker's own pools)."""
-    global _process_scheduler  # noqa: PLW0603 - one per process, made on first use
-    with _lock:
-        if _process_scheduler is None:
-            _process_scheduler = Scheduler("lessor-process-scheduler")
-        return _process_scheduler
-
-
-def _forget_after_fork() -> None:
-    global _process_scheduler  # noqa: PLW0603
-    _process_scheduler = None  # its thread did not cross the fork
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+    """The scheduler of every actor in this process (one deadline thread)."""
+    return _per_process.get()
