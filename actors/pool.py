@@ -67,12 +67,12 @@ from lessor.holder import Holder
 from lessor.protocol.messages import (
     Acquire,
     GetStats,
+    GiveBack,
     Lease,
     LeaseExpired,
     PoolStats,
     Release,
     Renew,
-    ReturnParked,
 )
 from lessor.specs import PoolSpec
 from lessor.supervisor.events import EventLog
@@ -350,7 +350,7 @@ class PoolActor(LessorActor):
 
     def _ask_back(self, asked: tuple[Holder, ...]) -> None:
         """Workers caching leases should return what they have parked (a send, after the turn)."""
-        notice = ReturnParked(self.spec.name)
+        notice = GiveBack(self.spec.name)
         for holder in asked:
             receiver = holders.holder_receiver(holder)
             if receiver is not None:

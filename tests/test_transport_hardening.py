@@ -468,7 +468,7 @@ def test_a_remote_acquire_waits_for_the_pools_own_timeout(
 def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
     """Pushes come from whichever threads ran pool turns; a shared poll object once
     raised "concurrent poll() invocation" and the push was lost."""
-    from lessor.protocol.messages import ReturnParked
+    from lessor.protocol.messages import GiveBack
     from lessor.transport.peer import Peer
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -486,7 +486,7 @@ def test_pool_threads_may_push_to_one_worker_at_the_same_time() -> None:
     def push() -> None:
         try:
             for _ in range(300):
-                peer.tell(ReturnParked("p"))
+                peer.tell(GiveBack("p"))
         except BaseException as exc:
             errors.append(exc)
 

@@ -18,7 +18,7 @@ import pytest
 
 from lessor import GetStats, PoolSpec, Runtime, TokenFactory
 from lessor.protocol import wire
-from lessor.protocol.messages import Acquire, ErrorReply, Hello, PoolStats, Release, ReturnParked
+from lessor.protocol.messages import Acquire, ErrorReply, GiveBack, Hello, PoolStats, Release
 from lessor.protocol.wire import Kind
 from lessor.transport.node import ENV_AUTHKEY
 from lessor.worker.client import open_connection
@@ -160,7 +160,7 @@ def test_pushes_to_a_worker_that_stopped_reading_never_block_the_node(runtime: R
     began = time.monotonic()
     sent = 0
     while node._peers["fuzz"].dropped_pushes == 0 and time.monotonic() - began < 20:
-        assert node.push("fuzz", ReturnParked("slots"))
+        assert node.push("fuzz", GiveBack("slots"))
         sent += 1
     assert node._peers["fuzz"].dropped_pushes == 1, f"{sent} pushes all went through"
     assert time.monotonic() - began < 20  # it never blocked

@@ -330,7 +330,7 @@ def test_a_lease_parked_in_an_idle_worker_comes_back_to_a_waiter_in_the_runtime(
     assert wait_until(lambda: ready.read_text() == "1", timeout=30)
     assert pool.stats().leased == 1  # parked in the worker, leased as far as the pool knows
     began = time.monotonic()
-    lease = pool.acquire(timeout=5)  # the pool recalls it: ReturnParked
+    lease = pool.acquire(timeout=5)  # the pool recalls it: GiveBack
     waited = time.monotonic() - began
     assert waited < 1.0, f"recall took {waited:.3f}s"
     pool.release(lease)

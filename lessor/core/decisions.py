@@ -93,7 +93,7 @@ class AskBack:
     """Acquires wait and only a release can serve them: ask these holders to give back.
 
     Only holders that cache leases they are not using (worker processes) are asked;
-    the owner sends each one a ``ReturnParked``. Repeated while the pool stays starved.
+    the owner sends each one a ``GiveBack``. Repeated while the pool stays starved.
     """
 
     holders: tuple[Holder, ...]

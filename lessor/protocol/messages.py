@@ -43,6 +43,7 @@ __all__ = [
     "Drain",
     "ErrorReply",
     "GetStats",
+    "GiveBack",
     "Hello",
     "Lease",
     "LeaseExpired",
@@ -52,7 +53,6 @@ __all__ = [
     "PoolStats",
     "Release",
     "Renew",
-    "ReturnParked",
     "Task",
     "TaskResult",
     "decode",
@@ -236,8 +236,10 @@ class TaskResult(Message):
 
 @message(14)
 @dataclass(frozen=True, slots=True)
-class ReturnParked(Message):
-    """Pushed by a pool that has a waiter and nothing free: give back parked leases."""
+class GiveBack(Message):
+    """Pushed by a pool that has a waiter and nothing free: give back what you hold
+    without using it (leases parked in a worker's cache, a worker's idle connections
+    and the quota they hold). The pool's AskBack decision; tag 14 as before."""
 
     pool: str
 

@@ -84,7 +84,7 @@ class Peer:
         return True
 
     def tell(self, message: Message, wait: float = 0.0) -> None:
-        """Push a message the worker did not ask for (LeaseExpired, Drain, ReturnParked).
+        """Push a message the worker did not ask for (LeaseExpired, Drain, GiveBack).
 
         Pushes are hints, sent from pool threads: to a worker that stopped reading
         (its socket buffer full for ``wait`` seconds) one is dropped rather than

@@ -3,7 +3,7 @@
 One per process, shared by all its threads and pykka actors. It hands out pool
 handles with the in-process lease API (``client.pool(name)``, leases cached here, or
 ``cache=False``), runs this process's half of process-scoped pools, and follows the
-runtime's pushes (Drain, LeaseExpired, ReturnParked). Its :class:`LeaseLedger`
+runtime's pushes (Drain, LeaseExpired, GiveBack). Its :class:`LeaseLedger`
 knows which thread holds which lease, so a bad release raises here as it would
 in-process, and a thread that ends holding leases gives them back.
 
@@ -31,12 +31,12 @@ from lessor.protocol.messages import (
     Acquire,
     Describe,
     Drain,
+    GiveBack,
     Lease,
     LeaseExpired,
     Message,
     PoolInfo,
     Release,
-    ReturnParked,
 )
 from lessor.specs import PoolSpec
 from lessor.transport.connection import RuntimeConnection, open_connection
@@ -157,7 +157,7 @@ class Client:
         return handle
 
     def _quota_wanted(self, message: Message) -> None:
-        if isinstance(message, ReturnParked) and message.pool in self._local:
+        if isinstance(message, GiveBack) and message.pool in self._local:
             with contextlib.suppress(Exception):
                 self._local[message.pool].actor_ref.tell(EvictIdle())
 

@@ -5,7 +5,7 @@ worker a pool of real resources (connections) whose factory is wrapped by
 :class:`QuotaFactory`: making a resource first takes a quota lease, destroying it
 gives the lease back. So 8 workers share "at most 20 connections", a dead worker's
 quota comes back with its other leases, and a worker told that someone waits for
-quota (ReturnParked) closes the idle connections it keeps.
+quota (GiveBack) closes the idle connections it keeps.
 """
 
 from __future__ import annotations

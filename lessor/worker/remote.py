@@ -16,11 +16,11 @@ from lessor.holder import current_holder
 from lessor.protocol.messages import (
     Acquire,
     Drain,
+    GiveBack,
     Lease,
     LeaseExpired,
     Message,
     Release,
-    ReturnParked,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class RemotePool(LeaseOps):
     recall, as distributed lock managers and HikariCP's ConcurrentBag do it: a
     released lease is parked in this process and the next ``acquire`` here reuses it
     without a round trip. The pool still counts it as leased by this worker. When
-    someone else waits and nothing is free, the pool pushes ReturnParked: parked
+    someone else waits and nothing is free, the pool pushes GiveBack: parked
     leases go back at once, leases out at that moment go back when released, and for
     a short window every release is real. Which releases park is
     :class:`~lessor.core.cache.LeaseCache`'s call.
@@ -109,7 +109,7 @@ class RemotePool(LeaseOps):
 
     def release(self, lease: Lease, broken: bool = False) -> None:
         """Give ``lease`` back; a LeaseError if the caller may not, and then nothing happens."""
-        if self.cache:  # a ReturnParked or LeaseExpired waiting to be read decides this one
+        if self.cache:  # a GiveBack or LeaseExpired waiting to be read decides this one
             self.client.read_pushes()  # (uncached, the poll would cost ~5% of the pair)
         lender = self._ledger.returned(lease, self.name, self._holder())
         lender._give_back(lease, broken)  # the handle that lent it: this one, or a sibling
@@ -156,7 +156,7 @@ class RemotePool(LeaseOps):
                 self.tell(Release(lease.id))
 
     def _on_push(self, message: Message) -> None:
-        if isinstance(message, ReturnParked) and message.pool == self.name:
+        if isinstance(message, GiveBack) and message.pool == self.name:
             with self._lock:
                 parked = self._leases.recall()
             self._give(parked)
