@@ -31,7 +31,8 @@ from lessor.errors import (
     WorkersFailed,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
-from lessor.handles.pool import PoolHandle, start_pool
+from lessor.handles.local import start_pool
+from lessor.handles.pool import PoolHandle
 from lessor.holder import bind_actor
 from lessor.protocol.messages import (
     Acquire,
@@ -49,7 +50,7 @@ from lessor.protocol.messages import (
 from lessor.runtime.runtime import Runtime, ShutdownReport
 from lessor.specs import Backoff, ChildSpec, PoolSpec, SupervisorSpec
 from lessor.supervisor.child import ChildRef
-from lessor.worker.client import Client, RemotePool, connect
+from lessor.worker.client import Client, connect
 
 __version__ = "0.1.0"
 
@@ -84,7 +85,6 @@ __all__ = [
     "PoolStats",
     "ProtocolError",
     "Release",
-    "RemotePool",
     "Renew",
     "Runtime",
     "RuntimeStopped",

@@ -31,6 +31,7 @@ from lessor.actors import base
 from lessor.actors.base import LessorActor
 from lessor.actors.pool import PoolActor
 from lessor.actors.reply import OneShot
+from lessor.handles.local import LocalRoute
 from tests.conftest import wait_until
 
 WORKER = "worker:test.0.1:1"
@@ -197,8 +198,10 @@ def test_a_request_before_on_start_waits_for_it_and_never_runs_the_factory_here(
     try:
         assert GatedPool.entered.wait(5)
         reply = OneShot()
-        actor_of(PoolHandle(ref, PoolSpec("p", factory)))  # the actor exists already
-        actor_of(PoolHandle(ref, PoolSpec("p", factory))).deliver(Acquire("p", 5.0), reply, WORKER)
+        actor_of(PoolHandle(LocalRoute(ref, PoolSpec("p", factory))))  # the actor exists already
+        actor_of(PoolHandle(LocalRoute(ref, PoolSpec("p", factory)))).deliver(
+            Acquire("p", 5.0), reply, WORKER
+        )
         assert factory.threads == []  # nothing ran on this thread
         GatedPool.gate.set()
         lease = reply.get(5)

@@ -25,6 +25,7 @@ from lessor import (
     bind_actor,
 )
 from lessor.actors.pool import PoolActor, PoolLineage
+from lessor.handles.local import LocalRoute
 from tests.actors import Borrower, CrashablePool
 from tests.conftest import refuses_acquires, wait_until
 from tests.test_pool_actor import FakeClock, renewal_outlives_its_first_expiry
@@ -127,7 +128,7 @@ def test_renew_extends_a_supervised_lease(runtime: Runtime) -> None:
     child = runtime.add_child(
         ChildSpec("p", PoolActor, (spec,), {"lineage": PoolLineage(), "clock": clock})
     )
-    pool = PoolHandle(child, spec)
+    pool = PoolHandle(LocalRoute(child, spec))
     assert renewal_outlives_its_first_expiry(pool, clock) == (1, 1)
     assert (pool.stats().leased, pool.stats().expired) == (0, 1)
 
@@ -136,7 +137,7 @@ def crashable(runtime: Runtime, spec: PoolSpec) -> PoolHandle:
     child = runtime.add_child(
         ChildSpec(spec.name, CrashablePool, (spec,), {"lineage": PoolLineage()})
     )
-    return PoolHandle(child, spec)
+    return PoolHandle(LocalRoute(child, spec))
 
 
 def test_a_restarted_pool_is_invisible_to_handles_and_old_leases_are_harmless(

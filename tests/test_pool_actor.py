@@ -31,6 +31,7 @@ from lessor import (
 )
 from lessor.actors.pool import PoolActor
 from lessor.core.pool import PoolCore
+from lessor.handles.local import LocalRoute
 from lessor.holder import Holder
 from tests.conftest import in_thread, wait_until
 from tests.overlap import Markers, assert_exclusive, hammer_with_checks
@@ -313,7 +314,7 @@ class FakeClock:
 
 def fake_clock_pool(clock: FakeClock, **fields: Any) -> PoolHandle:
     spec = PoolSpec(**{"name": "p", "factory": TokenFactory(), **fields})
-    return PoolHandle(PoolActor.start(spec, clock=clock), spec)
+    return PoolHandle(LocalRoute(PoolActor.start(spec, clock=clock), spec))
 
 
 def renewal_outlives_its_first_expiry(pool: PoolHandle, clock: FakeClock) -> tuple[int, int]:

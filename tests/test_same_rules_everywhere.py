@@ -127,3 +127,9 @@ def _raised(fn: Any, *args: Any) -> BaseException | None:
     except BaseException as exc:
         return exc
     return None
+
+
+def test_every_handle_is_the_one_class(handle: LeaseOps, pool: PoolHandle) -> None:
+    """Code typed against PoolHandle runs unchanged in-process and in a worker."""
+    assert type(handle) is PoolHandle and type(pool) is PoolHandle
+    assert handle.name == pool.name == "p"

@@ -19,10 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.handles.local import LocalRoute
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
 from lessor.protocol.messages import Lease
@@ -111,11 +112,12 @@ class Runtime:
             spec = quota_spec(spec)
         kwargs = {"lineage": PoolLineage(), "events": self.event_log}
         child = self.add_child(ChildSpec(spec.name, PoolActor, (spec,), kwargs, restart, shutdown))
-        handle = PoolHandle(child, spec)
+        route = LocalRoute(child, spec)
+        handle = PoolHandle(route)
         with self._lock:
             self._pools[spec.name] = handle
             if self._node is not None:
-                self._node.register(spec.name, handle)
+                self._node.register(spec.name, route)
         return handle
 
     def add_child(self, spec: ChildSpec) -> ChildRef:
@@ -140,7 +142,7 @@ class Runtime:
                 self._check()  # a node made after shutdown would never be closed
                 self._node = Node()
                 for name, handle in self._pools.items():
-                    self._node.register(name, handle)
+                    self._node.register(name, cast(LocalRoute, handle.route))
             return self._node
 
     def spawn_workers(

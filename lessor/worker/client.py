@@ -19,13 +19,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
 from lessor.errors import AcquireTimeout, LessorError, ProtocolError
 from lessor.handles import ops as leases
-from lessor.handles.ops import LeaseOps
+from lessor.handles.pool import PoolHandle
 from lessor.holder import Holder
 from lessor.protocol.messages import (
     Acquire,
@@ -42,13 +42,10 @@ from lessor.specs import PoolSpec
 from lessor.transport.connection import RuntimeConnection, open_connection
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
 from lessor.worker.ownership import LeaseLedger
-from lessor.worker.remote import RemotePool
+from lessor.worker.remote import RemoteRoute
 
-if TYPE_CHECKING:
-    from lessor.handles.pool import PoolHandle
-
-#: RemotePool and open_connection live elsewhere; importers long found them here.
-__all__ = ["Client", "RemotePool", "connect", "open_connection"]
+#: open_connection lives in lessor.transport.connection; importers long found it here.
+__all__ = ["Client", "connect", "open_connection"]
 
 log = logging.getLogger("lessor.worker.client")
 
@@ -64,10 +61,10 @@ class Client:
         self.on_lost: Callable[[], None] = _terminate_self
         #: Process-scoped pools of the runtime: this process runs its own of each.
         self.local_specs: dict[str, PoolSpec] = {}
-        self.ledger: LeaseLedger[RemotePool] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
+        self.ledger: LeaseLedger[RemoteRoute] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
         self._handlers: list[Callable[[Message], None]] = []
         self._lock = threading.Lock()
-        self._cached: dict[str, RemotePool] = {}
+        self._cached: dict[str, PoolHandle] = {}
         self._local: dict[str, PoolHandle] = {}
         self._acquire_timeouts: dict[str, float] = {}  # pool -> its acquire_timeout
         self._describe_lock = threading.Lock()
@@ -121,12 +118,13 @@ class Client:
 
     # -- pools -------------------------------------------------------------------------
 
-    def pool(self, name: str, *, cache: bool = True) -> LeaseOps:
+    def pool(self, name: str, *, cache: bool = True) -> PoolHandle:
         """A pool of the runtime, with the same lease API as in-process.
 
         By default released leases are parked in this process and reused without a
-        round trip until the pool asks for them back (see :class:`RemotePool`); the
-        process shares one such handle per pool. ``cache=False`` gives a handle whose
+        round trip until the pool asks for them back (see
+        :class:`~lessor.worker.remote.RemoteRoute`); the process shares one such
+        handle per pool. ``cache=False`` gives a handle whose
         every Acquire and Release goes to the pool.
 
         For a process-scoped pool this is the worker's own pool (live connections),
@@ -135,22 +133,22 @@ class Client:
         if name in self.local_specs:
             return self._local_pool(name)
         if not cache:
-            return RemotePool(self, name)
+            return PoolHandle(RemoteRoute(self, name))
         with self._lock:
             pool = self._cached.get(name)
             if pool is None:
-                pool = self._cached[name] = RemotePool(self, name, cache=True)
+                pool = self._cached[name] = PoolHandle(RemoteRoute(self, name, cache=True))
         return pool
 
     def _local_pool(self, name: str) -> PoolHandle:
-        from lessor.handles.pool import start_pool
+        from lessor.handles.local import start_pool
         from lessor.worker.local_pools import local_spec, quota_holder
 
         with self._lock:
             handle = self._local.get(name)
             if handle is None:
                 owner = quota_holder(name)  # any factory thread may give a resource's quota back
-                quota = RemotePool(self, name, holder=lambda: owner)
+                quota = RemoteRoute(self, name, holder=lambda: owner)
                 handle = self._local[name] = start_pool(local_spec(self.local_specs[name], quota))
                 if len(self._local) == 1:
                     self.on_push(self._quota_wanted)

@@ -1,4 +1,4 @@
-"""RemotePool: a pool of the runtime seen from a worker process, with lease caching."""
+"""RemoteRoute: how a PoolHandle in a worker process reaches a pool of its runtime."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from lessor.protocol.messages import (
 if TYPE_CHECKING:
     from lessor.worker.client import Client
 
-__all__ = ["RemotePool"]
+__all__ = ["RemoteRoute"]
 
 _INF = float("inf")
 
 
-class RemotePool(LeaseOps):
-    """A pool in the runtime, seen from a worker: the same API as an in-process handle.
+class RemoteRoute(LeaseOps):
+    """A pool in the runtime, seen from a worker, with this process's lease cache.
 
     A release is judged by the client's :class:`~lessor.worker.ownership.LeaseLedger`
     before anything is sent, so it raises DoubleRelease, ForeignLease, UnknownLease,
