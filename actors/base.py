@@ -43,12 +43,18 @@ log = logging.getLogger("lessor.actors")
 class Call:
     """A lessor message as the actor sees it: what was asked, who asked, where to answer."""
 
-    __slots__ = ("holder", "message", "reply")
+    __slots__ = ("holder", "message", "reply", "sender")
 
     def __init__(self, message: Message, reply: Reply | None, holder: Holder) -> None:
         self.message = message
         self.reply = reply
         self.holder = holder
+        self.sender = threading.get_ident()  # the thread that brought it (see ``here``)
+
+    @property
+    def here(self) -> bool:
+        """Handled on the thread that sent it: effects of its turn run on that thread."""
+        return self.sender == threading.get_ident()
 
 
 class _Crash:

@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any, cast
 
 import pykka
@@ -35,7 +34,6 @@ from lessor.actors.pool_messages import (
     ReclaimAll,
     ReclaimHolder,
     ResetDone,
-    ResetHere,
     Tick,
 )
 from lessor.actors.reply import OneShot, Reply
@@ -242,17 +240,18 @@ class PoolActor(LessorActor):
         )
         return DEFERRED
 
-    def _release(self, now: float, call: Call, msg: Release) -> ResetHere | None:
+    def _release(self, now: float, call: Call, msg: Release) -> None:
         decisions = self.core.release(now, msg.lease_id, call.holder, msg.broken)
-        here = None
-        if type(call.reply) is OneShot:  # an in-process caller: it resets on its own thread
+        if type(call.reply) is OneShot and call.here:
+            # An in-process caller whose own thread runs this turn still owns the
+            # resource: its reset runs right after the turn, on that thread, before
+            # release() returns (psycopg_pool's putconn), not on a factory thread.
             for i, d in enumerate(decisions):
                 if type(d) is Reset:
-                    here = ResetHere(partial(self._work.reset, d.slot, d.resource))
+                    self.later(self._work.reset, d.slot, d.resource)
                     del decisions[i]
                     break
         self._apply(decisions)
-        return here
 
     def _renew(self, now: float, call: Call, msg: Renew) -> Lease:
         return self.core.renew(now, msg.lease_id, call.holder, msg.ttl)

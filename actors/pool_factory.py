@@ -1,5 +1,5 @@
 """A pool's factory calls, run off its turn: on the shared factory threads, or on the
-releasing thread for a reset (``ResetHere``). Each reports its outcome to the pool
+releasing thread for a reset (see ``PoolActor._release``). Each reports its outcome to the pool
 as an internal message; a closed pool destroys what comes back.
 """
 

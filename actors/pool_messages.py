@@ -6,7 +6,6 @@ requests the runtime's shutdown and a worker's client make of a pool.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,6 @@ __all__ = [
     "ReclaimAll",
     "ReclaimHolder",
     "ResetDone",
-    "ResetHere",
     "Tick",
 ]
 
@@ -103,15 +101,3 @@ class CancelAcquire:
 
     reply: Reply
     holder: Holder
-
-
-@dataclass(frozen=True, slots=True)
-class ResetHere:
-    """The answer to an in-process Release when the resource needs a reset.
-
-    The releasing thread still owns the resource, so it runs the factory's reset
-    itself (as psycopg_pool's ``putconn`` does) and reports ``ResetDone``: no trip
-    through the factory threads between a release and the next borrow.
-    """
-
-    run: Callable[[], None]

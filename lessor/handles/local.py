@@ -18,7 +18,7 @@ import pykka
 
 from lessor.actors.base import LessorActor, actor_of
 from lessor.actors.pool import PoolActor
-from lessor.actors.pool_messages import CancelAcquire, ResetHere
+from lessor.actors.pool_messages import CancelAcquire
 from lessor.actors.reply import OneShot, Reply, answer
 from lessor.errors import (
     AcquireTimeout,
@@ -153,12 +153,11 @@ class LocalRoute(LeaseOps):
     def release(self, lease: Lease, broken: bool = False) -> None:
         """Give a lease back; a double, foreign, unknown or stale release raises here.
 
-        A resource that needs a reset is reset on this thread, after the pool took
-        the lease back and before the next borrow can have it.
+        A resource that needs a reset is reset on this thread when the pool's turn
+        ran here (an idle pool: the usual case), else on a factory thread; either
+        way before the next borrow can have it.
         """
-        work = self.ask(Release(lease.id, broken))
-        if isinstance(work, ResetHere):
-            work.run()
+        self.ask(Release(lease.id, broken))
 
     def is_fatal(self, exc: BaseException) -> bool:
         return self.spec.factory.is_fatal(exc)
