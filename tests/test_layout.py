@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 PACKAGES = ("lessor", "actors", "supervisor", "adapters")
 COMPAT = ROOT / "actors" / "_pykka_compat.py"
@@ -65,3 +67,19 @@ def test_no_module_is_longer_than_400_lines() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_every_package_is_installed() -> None:
+    """A package missing from pyproject's list installs without its modules: the
+    editable install used by the tests still finds them, ``pip install .`` does not."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = {name: ROOT / path for name, path in config["package-dir"].items()}
+    found = set()
+    for name, path in dirs.items():
+        for init in path.rglob("__init__.py"):
+            parts = init.parent.relative_to(path).parts
+            found.add(".".join((name, *parts)))
+    assert found - listed == set()
