@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import weakref
 from collections import deque
@@ -35,7 +36,7 @@ from lessor.errors import ExpiredLease, LessorError, ProtocolError
 from lessor.holder import ANONYMOUS, Holder
 from lessor.protocol.messages import Lease, Message
 
-__all__ = ["DEFERRED", "Call", "LessorActor", "actor_of"]
+__all__ = ["DEFERRED", "Call", "LessorActor", "actor_of", "after_turns", "holding_a_turn"]
 
 log = logging.getLogger("lessor.actors")
 
@@ -86,6 +87,54 @@ _ERROR = 2  # a: reply, b: exception
 _DO = 3  # a: callable, b: args
 
 _actors: weakref.WeakValueDictionary[str, LessorActor] = weakref.WeakValueDictionary()
+
+
+class _MainTurns:
+    """The turns the main thread holds, and what waits for it to hold none.
+
+    Python runs signal handlers on the main thread between any two bytecodes, so
+    one can land while that thread holds an actor's turn (flat combining runs turns
+    on callers' threads). A handler that then talks to actors (the runtime's, which
+    shuts down) would wait on the very turn it interrupted; it defers itself with
+    :func:`after_turns` instead. Only the main thread updates this (other threads
+    never run signal handlers), so it costs them one comparison per turn.
+    """
+
+    __slots__ = ("deferred", "depth")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.deferred: list[Callable[[], object]] = []
+
+    def run_deferred(self) -> None:
+        work, self.deferred = self.deferred, []
+        for fn in work:
+            fn()
+
+
+_MAIN = threading.main_thread().ident
+_main_turns = _MainTurns()
+
+
+def _after_fork() -> None:  # the forking thread is the child's main thread, holding nothing
+    global _MAIN, _main_turns
+    _MAIN, _main_turns = threading.get_ident(), _MainTurns()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def holding_a_turn() -> bool:
+    """Whether this is the main thread inside an actor's turn (or waiting to take one)."""
+    return threading.get_ident() == _MAIN and _main_turns.depth > 0
+
+
+def after_turns(fn: Callable[[], object]) -> None:
+    """Run ``fn`` once the main thread holds no actor's turn: now, if it holds none."""
+    if holding_a_turn():
+        _main_turns.deferred.append(fn)
+    else:
+        fn()
 
 
 def actor_of(ref: pykka.ActorRef[Any]) -> LessorActor | None:
@@ -156,7 +205,7 @@ class LessorActor(pykka.ThreadingActor):
             not self._mailbox
             and self.ready
             and not self._crashed
-            and self._turn_lock.acquire(blocking=False)
+            and self._take_turn(blocking=False)
         ):
             try:  # nothing queued ahead of it: skip the mailbox
                 if self._closed_with is not None:
@@ -187,7 +236,7 @@ class LessorActor(pykka.ThreadingActor):
 
     def in_turn(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` as one turn (waiting for it), then carry out what it decided."""
-        self._turn_lock.acquire()
+        self._take_turn(blocking=True)
         try:
             return fn(*args)
         finally:
@@ -209,10 +258,10 @@ class LessorActor(pykka.ThreadingActor):
         self._mailbox.extend(kept)
 
     def _drain(self) -> None:
-        mailbox, lock = self._mailbox, self._turn_lock
+        mailbox = self._mailbox
         budget = COMBINE_LIMIT
         while mailbox and not (self._crashed and self._closed_with is None):
-            if not lock.acquire(blocking=False):
+            if not self._take_turn(blocking=False):
                 return  # the thread holding the turn drains it (it checks again on release)
             try:
                 while mailbox and budget:
@@ -232,16 +281,33 @@ class LessorActor(pykka.ThreadingActor):
             if not budget:
                 budget = COMBINE_LIMIT
 
+    def _take_turn(self, blocking: bool) -> bool:
+        if threading.get_ident() != _MAIN:
+            return self._turn_lock.acquire(blocking)
+        main = _main_turns
+        main.depth += 1  # before the lock: a signal handler landing now waits for the turn
+        if self._turn_lock.acquire(blocking):
+            return True
+        main.depth -= 1
+        if main.deferred and not main.depth:
+            main.run_deferred()
+        return False
+
     def _end_turn(self, drain: bool = True) -> None:
         """Release the turn, then carry out what it decided (on this thread)."""
         effects = self._effects
         if effects:
             self._effects = []
         self._turn_lock.release()
+        on_main = threading.get_ident() == _MAIN
+        if on_main:
+            _main_turns.depth -= 1
         if effects:
             self._carry_out(effects)
         if drain and self._mailbox and self.ready:
             self._drain()
+        if on_main and _main_turns.deferred and not _main_turns.depth:
+            _main_turns.run_deferred()  # a signal handler that landed in the turn runs now
 
     def _handle(self, item: Any) -> None:
         """One message, in a turn; an unexpected error marks the actor crashed."""
@@ -250,6 +316,10 @@ class LessorActor(pykka.ThreadingActor):
         except Exception as exc:
             self._crashed = True
             self.later(self._crash, exc)
+        except BaseException as exc:  # interrupted mid-turn: the books may be half changed
+            self._crashed = True  # so the actor fails, and its supervisor restarts it
+            self.later(self._crash, RuntimeError(f"{type(exc).__name__} during a turn"))
+            raise
 
     def _crash(self, exc: Exception) -> None:
         with contextlib.suppress(pykka.ActorDeadError):

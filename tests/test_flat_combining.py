@@ -20,6 +20,7 @@ from lessor.actors.base import COMBINE_LIMIT, Call, LessorActor
 from lessor.actors.reply import OneShot
 
 BLOCK = "blocker"
+INTERRUPT = "interrupted"
 
 
 class Probe(LessorActor):
@@ -41,6 +42,8 @@ class Probe(LessorActor):
         self.in_turn(self.close_mailbox, ActorStopped("probe stopped"))
 
     def handle_call(self, call: Call) -> Any:
+        if call.holder == INTERRUPT:
+            raise KeyboardInterrupt  # as a Ctrl-C landing in the middle of the turn
         if call.holder == BLOCK:
             self.entered.set()
             assert self.let_go.wait(10)
@@ -104,3 +107,12 @@ def test_a_stopped_actor_answers_late_requests_with_an_error(probe: Probe) -> No
     probe.deliver(GetStats(), reply, "late")
     with pytest.raises(ActorStopped):
         reply.get(1)
+
+
+def test_an_interrupt_inside_a_turn_reaches_the_caller_and_fails_the_actor(probe: Probe) -> None:
+    """Its books may be half changed: the actor fails (a supervisor would restart it)
+    instead of carrying on, and the KeyboardInterrupt is the caller's, not pykka's."""
+    with pytest.raises(KeyboardInterrupt):
+        probe.deliver(GetStats(), OneShot(), INTERRUPT)
+    assert not probe.accepting
+    assert probe.actor_stopped.wait(5), "the actor did not fail"

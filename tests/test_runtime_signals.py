@@ -52,3 +52,38 @@ def test_interpreter_exit_shuts_down_without_hanging() -> None:
     done = run("exit", None)
     assert done.returncode == 0, done.stderr
     assert "1 leases reclaimed" in done.stderr
+
+
+BUSY = """
+import os, random, signal, sys, threading, time
+from lessor import PoolSpec, Runtime, TokenFactory
+rt = Runtime(shutdown_timeout=5)
+pool = rt.add_pool(PoolSpec("p", TokenFactory(), max_size=2))
+started = threading.Event()
+
+def interrupt():
+    started.wait(10)
+    time.sleep(random.uniform(0.05, 0.2))
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    while True:  # the main thread runs the pool's turns itself, most of the time
+        pool.release(pool.acquire(timeout=5))
+        started.set()
+except KeyboardInterrupt:
+    pass
+report = rt.shutdown()
+print(report.duration_s, len(report.killed), flush=True)
+"""
+
+
+def test_ctrl_c_while_the_main_thread_holds_a_pools_turn_shuts_down_at_once() -> None:
+    """The runtime's handler runs on the main thread, which runs pool turns itself; it
+    used to land inside one and wait for it: 15 s of timeouts and the pool killed."""
+    for _ in range(4):
+        done = subprocess.run([sys.executable, "-c", BUSY], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert done.stdout.strip(), done.stderr
+        duration, killed = done.stdout.split()
+        assert (float(duration) < 2.0, killed) == (True, "0"), done.stdout + done.stderr

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
+from lessor.actors.base import after_turns, holding_a_turn
+
 __all__ = ["SignalHooks", "deliver"]
 
 log = logging.getLogger("lessor.runtime")
@@ -69,7 +71,10 @@ class SignalHooks:
         if pending is not None and not self._by_signal:
             deliver(*pending)
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if holding_a_turn():  # it landed inside an actor's turn on this thread: after it
+            after_turns(lambda: self._handle(signum, frame))
+            return
         previous = self._previous.get(signum)
         closer = self._closing()
         if closer is not None:  # a shutdown is under way
