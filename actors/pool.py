@@ -217,7 +217,7 @@ class PoolActor(LessorActor):
         """Grants nobody took (the caller gave up or its worker died): back into the pool."""
         now = self._clock()
         for lease in leases:
-            self._apply(self.core.refused(now, lease.id, Holder.parse(lease.holder)))
+            self._apply(self.core.refused(now, lease.id, lease.holder))
         self._arm()
 
     # -- messages ----------------------------------------------------------------------
