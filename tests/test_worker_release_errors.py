@@ -1,6 +1,6 @@
 """A bad release raises in a worker as it does in-process, with no round trip.
 
-The worker's ledger (:mod:`lessor.worker.ownership`) decides DoubleRelease,
+The worker's ledger (:mod:`lessor.handles.ownership`) decides DoubleRelease,
 ForeignLease, UnknownLease, ExpiredLease and StaleLease before anything is sent:
 a refused release sends no frame and changes nothing, and a good one stays a
 one-way frame that does not wait for the runtime.

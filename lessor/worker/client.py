@@ -25,6 +25,8 @@ from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
 from lessor.errors import AcquireTimeout, LessorError, ProtocolError
 from lessor.handles import ops as leases
+from lessor.handles.lending import LendingRoute
+from lessor.handles.ownership import LeaseLedger
 from lessor.handles.pool import PoolHandle
 from lessor.holder import Holder
 from lessor.protocol.messages import (
@@ -41,7 +43,6 @@ from lessor.protocol.messages import (
 from lessor.specs import PoolSpec
 from lessor.transport.connection import RuntimeConnection, open_connection
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
-from lessor.worker.ownership import LeaseLedger
 from lessor.worker.remote import RemoteRoute
 
 #: open_connection lives in lessor.transport.connection; importers long found it here.
@@ -61,7 +62,7 @@ class Client:
         self.on_lost: Callable[[], None] = _terminate_self
         #: Process-scoped pools of the runtime: this process runs its own of each.
         self.local_specs: dict[str, PoolSpec] = {}
-        self.ledger: LeaseLedger[RemoteRoute] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
+        self.ledger: LeaseLedger[LendingRoute] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
         self._handlers: list[Callable[[Message], None]] = []
         self._lock = threading.Lock()
         self._cached: dict[str, PoolHandle] = {}

@@ -12,8 +12,8 @@ from lessor.errors import (
     StaleLease,
     UnknownLease,
 )
+from lessor.handles.ownership import RECENT_ENDED, LeaseLedger
 from lessor.protocol.messages import Lease
-from lessor.worker.ownership import RECENT_ENDED, LeaseLedger
 
 ME = "worker:w:1"
 A, B = "thread:1:1:1", "thread:1:2:2"

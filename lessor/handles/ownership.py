@@ -1,10 +1,10 @@
-"""LeaseLedger: which holder (thread, actor) of this worker process holds which lease.
+"""LeaseLedger: which holder (thread, actor) of this process holds which lease.
 
-The runtime's pools see one holder per worker process, where in-process they see
-each thread. So that ``release()`` raises in a worker exactly as it does in-process,
-the worker keeps this ledger of every lease granted to it and judges a release
-itself, before anything is sent: a Release stays a one-way message, and a refused
-one sends nothing and changes nothing.
+A pool sees one holder for a whole worker process, or for an in-process lease
+cache, where the borrowers are threads. So that ``release()`` raises there exactly
+as it does against the pool itself, that holder keeps this ledger of every lease
+granted to it and judges a release itself, before anything is sent: a Release stays
+a one-way message, and a refused one sends nothing and changes nothing.
 
 A release of ``lease`` through a handle of ``pool`` by ``holder`` is judged in the
 pool core's order:
