@@ -4,7 +4,8 @@ A holder id comes from where a request is sent (the envelope), never from the
 message, so one thread cannot claim another's lease by naming it. Each thread
 that talks to a pool gets a unique id (``thread:<pid>:<ident>:<n>``; ``n`` keeps
 it unique when the OS reuses a thread ident), a supervised actor holds as
-``actor:<urn>``, a worker process's connection as ``worker:<worker id>:<pid>``.
+``actor:<urn>``, a worker process's connection as ``worker:<worker id>:<pid>``,
+an in-process lease cache as ``cache:<pid>:<n>``.
 A sentinel kept in thread-local storage is freed when the thread ends, and its
 finalizer tells every listening pool at once: holder death is noticed by the
 runtime, not by polling or a heartbeat.
@@ -33,7 +34,7 @@ __all__ = [
     "unsubscribe",
 ]
 
-HolderKind = Literal["thread", "actor", "worker", "anonymous"]
+HolderKind = Literal["thread", "actor", "worker", "cache", "anonymous"]
 _KINDS: frozenset[str] = frozenset(get_args(HolderKind))
 
 
@@ -43,8 +44,8 @@ class Holder(str):
     A ``str`` subclass because the id crosses the wire as text (``Lease.holder``)
     and is compared and hashed as text: a Holder equals, and finds dict entries
     keyed by, the plain string that came back. ``kind`` and ``id`` are set when it
-    is made, so deciding by kind (only ``"worker"`` holders cache leases they can
-    give back) never reads the text. Immutable, like the string it is.
+    is made, so deciding by kind (only ``"worker"`` and ``"cache"`` holders keep
+    leases they can give back) never reads the text. Immutable, like the string it is.
     """
 
     kind: HolderKind
@@ -80,6 +81,17 @@ class Holder(str):
     def worker(cls, worker_id: str, pid: int) -> Holder:
         """A worker process's connection; it caches leases and gives them back when asked."""
         return cls("worker", f"{worker_id}:{pid}")
+
+    @classmethod
+    def cache(cls, id: str) -> Holder:
+        """An in-process lease cache (``runtime.pool(name, cache=True)``): it lends what
+        it holds to threads and, like a worker, gives leases back when asked."""
+        return cls("cache", id)
+
+    @property
+    def gives_back(self) -> bool:
+        """Whether this holder caches leases and returns them when a pool asks (AskBack)."""
+        return self.kind in ("worker", "cache")
 
     @classmethod
     def parse(cls, text: str) -> Holder:

@@ -26,10 +26,11 @@ from lessor import (
     UnknownLease,
     start_pool,
 )
+from lessor.handles.cached import CachedRoute
+from lessor.handles.lending import plainly_valid
 from lessor.handles.ops import LeaseOps
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
 from lessor.worker.client import Client
-from lessor.worker.remote import _plainly_valid
 from tests.conftest import wait_until
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
@@ -54,10 +55,17 @@ def pool() -> Iterator[PoolHandle]:
     handle.stop(timeout=5)
 
 
-@pytest.fixture(params=["in-process", "worker uncached", "worker cached"])
+@pytest.fixture(params=["in-process", "in-process cached", "worker uncached", "worker cached"])
 def handle(request: pytest.FixtureRequest, pool: PoolHandle) -> Iterator[LeaseOps]:
     if request.param == "in-process":
         yield pool
+        return
+    if request.param == "in-process cached":
+        cached = CachedRoute(pool.route.target, pool.spec)  # type: ignore[attr-defined]
+        try:
+            yield PoolHandle(cached)
+        finally:
+            cached.close()
         return
     node = Node()
     node.register("p", pool)
@@ -92,7 +100,7 @@ def test_the_cached_handles_quick_check_only_passes_what_an_acquire_accepts(
     timeout: Any, priority: Any, ttl: Any
 ) -> None:
     """The cached handle skips building the Acquire when its quick check says yes."""
-    if _plainly_valid(timeout, priority, ttl):
+    if plainly_valid(timeout, priority, ttl):
         Acquire("p", timeout, priority, ttl)  # must not raise
 
 

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.handles.cached import CachedRoute
 from lessor.handles.local import LocalRoute
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
@@ -70,6 +71,7 @@ class Runtime:
         self.event_log = EventLog(events)
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
         self._pools: dict[str, PoolHandle] = {}
+        self._caches: dict[str, PoolHandle] = {}  # pool -> its cached handle, if made
         self._node: Node | None = None
         self._outcomes: dict[ChildRef, GroupOutcome] = {}
         self._process_specs: dict[str, PoolSpec] = {}
@@ -126,11 +128,22 @@ class Runtime:
         child: ChildRef = _ask(self._root, AddChild(spec), 30)
         return child
 
-    def pool(self, name: str) -> PoolHandle:
+    def pool(self, name: str, *, cache: bool = False) -> PoolHandle:
+        """Pool ``name``; ``cache=True`` (default False): the runtime's one cached handle
+        of it, a pair in a few µs (see :mod:`lessor.handles.cached`)."""
         try:
-            return self._pools[name]
+            handle = self._pools[name]
         except KeyError:
             raise NoSuchPool(f"no pool named {name!r} in this runtime") from None
+        if not cache:
+            return handle
+        with self._lock:
+            self._check()  # a cache made after shutdown would never be closed
+            cached = self._caches.get(name)
+            if cached is None:
+                route = cast(LocalRoute, handle.route)
+                cached = self._caches[name] = PoolHandle(CachedRoute(route.target, route.spec))
+        return cached
 
     # -- worker processes --------------------------------------------------------------
 
@@ -341,6 +354,9 @@ class Runtime:
                 outcome.fail(RuntimeStopped("the runtime shut down before the workers finished"))
             groups = list(outcomes)
             caller = current_holder()
+            caches = [cast(CachedRoute, c.route) for c in self._caches.values()]
+            for cache in caches:  # nothing parks now; the caller's leases come back
+                cache.drain(caller)
             try:
                 reclaimed, from_caller, killed = drain(
                     self._root, live(handles), live(groups), deadline, self._hurry, caller
@@ -355,6 +371,8 @@ class Runtime:
                 reclaimed, from_caller, killed = drain(
                     self._root, live(handles), live(groups), deadline, self._hurry, caller
                 )
+            for cache in caches:
+                cache.close()
             if self._node is not None:
                 self._node.close()
             self._signals.restore()

@@ -2,8 +2,9 @@
 
 A worker process caches leases it has finished with (parked, HikariCP's
 ConcurrentBag), so a pool can be starved (Acquires wait, nothing idle, no room to
-make more) while some of its leases sit unused in a worker. Only holders of kind
-``"worker"`` are asked (``AskBack``); threads and actors use what they hold. The
+make more) while some of its leases sit unused in a worker or an in-process
+cache. Only holders that keep leases they can give back (``Holder.gives_back``:
+workers and caches) are asked (``AskBack``); threads and actors use what they hold. The
 first ask goes out as soon as the pool is starved, the next ones every
 ``RECALL_INTERVAL`` while it stays starved. If there is nobody to ask, nothing is
 scheduled: the next call that finds the pool starved looks again.
@@ -24,7 +25,7 @@ RECALL_INTERVAL = 0.05
 
 def _gives_back(holder: Holder) -> bool:
     # A holder known only by its text (its sender does not type holders) is never asked.
-    return isinstance(holder, Holder) and holder.kind == "worker"
+    return isinstance(holder, Holder) and holder.gives_back
 
 
 class Recall:
