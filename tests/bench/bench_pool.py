@@ -3,13 +3,17 @@
 Run by hand from the repository root: ``python tests/bench/bench_pool.py [--json]
 [--pairs N] [--repeat R]``. Uses LESSOR_PG_DSN, or starts the embedded PostgreSQL.
 All figures come from the same run on the same machine; targets are ratios.
-Target: ``ratio_to_psycopg_pool <= 1.0``.
+Target: ``ratio_to_psycopg_pool <= 1.0`` (the default handle; ``..._cached`` for
+the cached one).
 
 Per pair, one thread, nobody else waiting, each side through its public API:
 
 - ``pair_us``: ``lease = handle.acquire()``, read ``lease.resource``,
   ``handle.release(lease)``, on a 4-token ``TokenFactory`` pool (no check, no reset);
 - ``lease_block_us``: the same through ``with handle.lease() as token:``;
+- ``pair_cached_us``, ``lease_block_cached_us``: the same through a cached handle
+  (``start_pool(spec, cache=True)``): leases parked in the process's lease cache
+  and lent again without a turn of the pool's actor (see lessor.handles.cached);
 - ``psycopg_pool_pair_us``: ``conn = pool.getconn()``, ``pool.putconn(conn)`` on a
   4-connection ``psycopg_pool.ConnectionPool`` with no ``check`` and no ``reset``.
   Nothing reaches the server: the connection stays IDLE, so putconn's
@@ -17,7 +21,7 @@ Per pair, one thread, nobody else waiting, each side through its public API:
 - ``queue_pool_us``: ``token = q.get()``, ``q.put(token)`` (the floor for a pool);
 - ``ask_us``: one pykka ask to an echo actor (the thread hand-off the pair used to cost).
 
-``pairs_per_s`` (and ``psycopg_pool_pairs_per_s``) is total pairs per second with 1, 4
+``pairs_per_s`` (``pairs_per_s_cached``, ``psycopg_pool_pairs_per_s``): total pairs/s with 1, 4
 and 16 threads sharing the 4-resource pool, each doing the pair above in a loop. The
 threads start together at a barrier; each figure is the median of ``repeat`` rounds,
 lessor and psycopg_pool taking turns.
@@ -153,6 +157,8 @@ def run(n: int, repeat: int) -> dict[str, Any]:
     with postgres() as dsn:
         echo = Echo.start()
         handle = start_pool(PoolSpec("bench", TokenFactory(), min_size=SIZE, max_size=SIZE))
+        spec = PoolSpec("bench-cached", TokenFactory(), min_size=SIZE, max_size=SIZE)
+        cached = start_pool(spec, cache=True)
         pool = psycopg_pool.ConnectionPool(dsn, min_size=SIZE, max_size=SIZE, open=False)
         tokens: queue.Queue[int] = queue.Queue()
         for i in range(SIZE):
@@ -160,10 +166,13 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         try:
             pool.open(wait=True, timeout=30)
             pair, ppool = lessor_pairs(handle), psycopg_pool_pairs(pool)
+            pair_cached = lessor_pairs(cached)
             us = interleaved(
                 {
                     "pair": pair,
                     "block": lessor_blocks(handle),
+                    "pair_cached": pair_cached,
+                    "block_cached": lessor_blocks(cached),
                     "psycopg_pool": ppool,
                     "queue": queue_pairs(tokens),
                     "ask": asks(echo),
@@ -171,12 +180,17 @@ def run(n: int, repeat: int) -> dict[str, Any]:
                 n,
                 repeat,
             )
-            rates = throughput({"lessor": pair, "psycopg_pool": ppool}, n, max(3, repeat // 3))
+            rates = throughput(
+                {"lessor": pair, "lessor_cached": pair_cached, "psycopg_pool": ppool},
+                n,
+                max(3, repeat // 3),
+            )
             stats = handle.stats()
             assert stats.acquired == stats.released and stats.leased == 0
         finally:
             pool.close()
             handle.stop()
+            cached.stop()
             echo.stop()
     return {
         "pair_us": round(us["pair"], 2),
@@ -185,9 +199,13 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         "queue_pool_us": round(us["queue"], 2),
         "ask_us": round(us["ask"], 2),
         "ratio_to_psycopg_pool": round(us["pair"] / us["psycopg_pool"], 3),
+        "pair_cached_us": round(us["pair_cached"], 2),
+        "lease_block_cached_us": round(us["block_cached"], 2),
+        "ratio_to_psycopg_pool_cached": round(us["pair_cached"] / us["psycopg_pool"], 3),
         "ratio_to_queue_pool": round(us["pair"] / us["queue"], 3),
         "ratio_to_ask": round(us["pair"] / us["ask"], 3),
         "pairs_per_s": rates["lessor"],
+        "pairs_per_s_cached": rates["lessor_cached"],
         "psycopg_pool_pairs_per_s": rates["psycopg_pool"],
         "target_ratio_to_psycopg_pool": 1.0,
         "pool_size": SIZE,
