@@ -184,6 +184,23 @@ def test_a_failed_reset_sends_the_lease_back_broken() -> None:
         pool.stop(timeout=5)
 
 
+class InterruptedReset(TokenFactory):
+    def reset(self, resource: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the reset (say a ROLLBACK) runs
+
+
+def test_a_reset_interrupted_by_ctrl_c_sends_the_lease_back_broken() -> None:
+    pool = cached_pool(factory=InterruptedReset())
+    try:
+        lease = pool.acquire(timeout=5)
+        with pytest.raises(KeyboardInterrupt):
+            pool.release(lease)
+        assert pool.route.parked == 0  # type: ignore[attr-defined]
+        assert wait_until(lambda: pool.stats().broken == 1 and pool.stats().leased == 0)
+    finally:
+        pool.stop(timeout=5)
+
+
 def test_threads_sharing_a_cached_pool_never_share_a_resource() -> None:
     # As many threads as resources: nobody waits on the pool, so releases park and
     # most borrows are of parked leases, lent from thread to thread.

@@ -95,7 +95,14 @@ class LendingRoute(LeaseOps):
             if reused is None:
                 leases.asking += 1
         if reused is not None:
-            self._ledger.lent(reused, self, self._holder())
+            try:
+                self._ledger.lent(reused, self, self._holder())
+            except BaseException:  # interrupted (Ctrl-C): the lease is parked again
+                with self._lock:
+                    parked = leases.give_back(reused, False, self.draining)
+                if not parked:
+                    self.tell(Release(reused.id))
+                raise
             return reused
         try:
             lease = super().acquire(timeout, priority, ttl)
@@ -125,6 +132,11 @@ class LendingRoute(LeaseOps):
                     self._reset(lease.resource)
                 except Exception:  # the factory says it cannot be reused
                     broken = True
+                except BaseException:  # interrupted mid-reset: the resource is in doubt
+                    with self._lock:
+                        self._leases.forget(lease.id)
+                    self.tell(Release(lease.id, True))
+                    raise
             with self._lock:
                 parked = self._leases.give_back(lease, broken, self.draining)
             if parked:
