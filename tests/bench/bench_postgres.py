@@ -22,6 +22,10 @@ either side (psycopg_pool's default; ``PostgresFactory``'s unless ``check_idle_a
   connections: ``SELECT 1`` alone, one round trip; both pools find the connection IDLE
   on return and send nothing. This is where the pools' own overhead shows most.
 
+``*_cached_us``: lessor again through cached handles (``start_pool(spec, cache=True)``):
+the same round trips (the reset runs on the releasing thread before the connection
+parks), without a turn of the pool's actor.
+
 ``round_trips`` counts the round trips each side makes in one iteration, the pool's
 own work on return included (from libpq's protocol trace), so the comparison's
 fairness is checked on every run.
@@ -139,6 +143,13 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         db_auto = start_pool(
             PoolSpec("pg-ac", PostgresFactory(dsn, autocommit=True), min_size=1, max_size=1)
         )
+        db_cached = start_pool(
+            PoolSpec("pg-c", PostgresFactory(dsn), min_size=1, max_size=1), cache=True
+        )
+        db_auto_cached = start_pool(
+            PoolSpec("pg-ac-c", PostgresFactory(dsn, autocommit=True), min_size=1, max_size=1),
+            cache=True,
+        )
         pool = psycopg_pool.ConnectionPool(dsn, min_size=1, max_size=1, open=False)
         pool_auto = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
@@ -155,6 +166,8 @@ def run(n: int, repeat: int) -> dict[str, Any]:
                 "sqlalchemy": via_sqlalchemy(engine),
                 "lessor_autocommit": via_lessor(db_auto),
                 "psycopg_pool_autocommit": via_psycopg_pool(pool_auto),
+                "lessor_cached": via_lessor(db_cached),
+                "lessor_autocommit_cached": via_lessor(db_auto_cached),
             }
             trips = {
                 "lessor": round_trips(contenders["lessor"], db.acquire, db.release),
@@ -165,11 +178,16 @@ def run(n: int, repeat: int) -> dict[str, Any]:
                 "psycopg_pool_autocommit": round_trips(
                     contenders["psycopg_pool_autocommit"], pool_auto.getconn, pool_auto.putconn
                 ),
+                "lessor_cached": round_trips(
+                    contenders["lessor_cached"], db_cached.acquire, db_cached.release
+                ),
             }
             us = interleaved(contenders, n, repeat)
         finally:
             db.stop()
             db_auto.stop()
+            db_cached.stop()
+            db_auto_cached.stop()
             pool.close()
             pool_auto.close()
             engine.dispose()
@@ -191,6 +209,12 @@ def run(n: int, repeat: int) -> dict[str, Any]:
         "psycopg_pool_autocommit_us": round(us["psycopg_pool_autocommit"], 1),
         "autocommit_ratio_to_psycopg_pool": round(
             us["lessor_autocommit"] / us["psycopg_pool_autocommit"], 3
+        ),
+        "lessor_cached_us": round(us["lessor_cached"], 1),
+        "ratio_to_psycopg_pool_cached": round(us["lessor_cached"] / us["psycopg_pool"], 3),
+        "lessor_autocommit_cached_us": round(us["lessor_autocommit_cached"], 1),
+        "autocommit_ratio_to_psycopg_pool_cached": round(
+            us["lessor_autocommit_cached"] / us["psycopg_pool_autocommit"], 3
         ),
         "round_trips": trips,
         "target_ratio_to_psycopg_pool": 1.0,
