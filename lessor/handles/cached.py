@@ -82,8 +82,7 @@ class CachedRoute(LendingRoute):
         #: The pool itself, asked as this cache.
         self.pool = LocalRoute(target, spec, holder=lambda: me)
         self.closed = False
-        self.sweeper = sweeper = process_scheduler().timer(self._sweep)
-        self._sweeper = sweeper
+        self.sweeper = self._timer = process_scheduler().timer(self._sweep)  # (typed here)
         holders.bind_receiver(me, _Notices(self))
         holders.subscribe(self._thread_gone)
 
@@ -123,7 +122,7 @@ class CachedRoute(LendingRoute):
             when = self._leases.next_overdue()
         self._give(due)
         if when is not None:
-            self._sweeper.schedule(when)
+            self._timer.schedule(when)
 
     # -- ending ------------------------------------------------------------------------
 
@@ -139,7 +138,7 @@ class CachedRoute(LendingRoute):
         if self.closed:
             return
         self.closed = self.draining = True
-        self._sweeper.cancel()
+        self._timer.cancel()
         holders.unsubscribe(self._thread_gone)
         self.flush()
         holders.report_gone(self.holder_id)  # the pool takes back what threads still hold
