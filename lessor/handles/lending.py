@@ -69,7 +69,6 @@ class LendingRoute(LeaseOps):
         self._ledger = ledger
         self._leases = LeaseCache(time.monotonic, hold_for)
         self._reset = reset
-        self._hold_for = hold_for or 0.0
         self._lock = threading.Lock()
         #: Reads notices (GiveBack, LeaseExpired) that arrived, before a release is judged.
         self._poll: Callable[[], None] | None = None
@@ -142,7 +141,7 @@ class LendingRoute(LeaseOps):
             if parked:
                 sweeper = self.sweeper
                 if sweeper is not None and sweeper.due == _INF:  # (else it is armed)
-                    sweeper.schedule(time.monotonic() + self._hold_for)
+                    sweeper.schedule(time.monotonic() + (self._leases.hold_for or 0.0))
                 return
         self.tell(Release(lease.id, broken))
 
