@@ -21,7 +21,6 @@ notices that arrived), and pass the pool's notices to ``on_notice``.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,7 +68,9 @@ class LendingRoute(LeaseOps):
         self._ledger = ledger
         self._leases = LeaseCache(time.monotonic, hold_for)
         self._reset = reset
-        self._lock = threading.Lock()
+        #: A release parks (or not) in the same turn of the lock as the ledger's record.
+        self._parks_at_once = cache and reset is None
+        self._lock = ledger.lock
         #: Reads notices (GiveBack, LeaseExpired) that arrived, before a release is judged.
         self._poll: Callable[[], None] | None = None
         #: The pool's runtime is shutting down: nothing parks (set by a Drain notice).
@@ -88,21 +89,19 @@ class LendingRoute(LeaseOps):
             return lease
         if not plainly_valid(timeout, priority, ttl):  # then the checks of a sent Acquire
             Acquire(self.name, timeout, priority, ttl)
-        leases = self._leases
-        with self._lock:
-            reused = leases.take() if ttl is None else None
-            if reused is None:
+        holder, leases, ledger = self._holder(), self._leases, self._ledger
+        reused = None
+        try:
+            with self._lock:  # (the ledger's: one lock for the cache and the record)
+                reused = leases.take() if ttl is None else None
+                if reused is not None:
+                    ledger.lent_locked(reused, self, holder)
+                    return reused
                 leases.asking += 1
-        if reused is not None:
-            try:
-                self._ledger.lent(reused, self, self._holder())
-            except BaseException:  # interrupted (Ctrl-C): the lease is parked again
-                with self._lock:
-                    parked = leases.give_back(reused, False, self.draining)
-                if not parked:
-                    self.tell(Release(reused.id))
-                raise
-            return reused
+        except BaseException:  # interrupted (Ctrl-C) mid-reuse: the lease is parked again
+            if reused is not None:
+                self._unlend(reused)
+            raise
         try:
             lease = super().acquire(timeout, priority, ttl)
         except BaseException:
@@ -112,16 +111,32 @@ class LendingRoute(LeaseOps):
         with self._lock:
             leases.asking -= 1
             leases.lent(lease)
-        self._ledger.granted(lease, self, self._holder())
+            ledger.granted_locked(lease, self, holder)
         return lease
+
+    def _unlend(self, lease: Lease) -> None:
+        with self._lock:
+            self._ledger.unlent_locked(lease)
+            parked = self._leases.give_back(lease, False, self.draining)
+        if not parked:
+            self.tell(Release(lease.id))
 
     def release(self, lease: Lease, broken: bool = False) -> None:
         """Give ``lease`` back; a LeaseError if the caller may not, and then nothing happens."""
         poll = self._poll
         if poll is not None:
             poll()  # a GiveBack or LeaseExpired waiting to be read decides this one
-        lender = self._ledger.returned(lease, self.name, self._holder())
-        lender._give_back(lease, broken)  # the route that lent it: this one, or a sibling
+        holder = self._holder()
+        with self._lock:
+            lender = self._ledger.returned_locked(lease, self.name, holder)
+            parks = lender is self and self._parks_at_once  # (the common case: one lock)
+            parked = parks and self._leases.give_back(lease, broken, self.draining)
+        if parked:
+            self._arm_sweep()
+        elif parks:
+            self.tell(Release(lease.id, broken))
+        else:
+            lender._give_back(lease, broken)  # this route, or a sibling that lent it
 
     def _give_back(self, lease: Lease, broken: bool) -> None:
         """Park a lease this route lent and the ledger let go, or send it to the pool."""
@@ -139,11 +154,15 @@ class LendingRoute(LeaseOps):
             with self._lock:
                 parked = self._leases.give_back(lease, broken, self.draining)
             if parked:
-                sweeper = self.sweeper
-                if sweeper is not None and sweeper.due == _INF:  # (else it is armed)
-                    sweeper.schedule(time.monotonic() + (self._leases.hold_for or 0.0))
+                self._arm_sweep()
                 return
         self.tell(Release(lease.id, broken))
+
+    def _arm_sweep(self) -> None:
+        """A lease was parked: make sure the sweep will come (an in-process cache)."""
+        sweeper = self.sweeper
+        if sweeper is not None and sweeper.due == _INF:  # (else it is armed)
+            sweeper.schedule(time.monotonic() + (self._leases.hold_for or 0.0))
 
     def give_back_for_dead_thread(self, lease_id: str) -> None:
         """The thread that borrowed this lease ended without releasing it."""

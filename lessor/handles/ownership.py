@@ -66,12 +66,14 @@ class LeaseLedger(Generic[L]):
 
     ``L`` is the lending handle, handed back with each accepted release (it knows
     how to give the lease back). Thread-safe; each call is one short critical section.
+    The ``*_locked`` calls are for a caller that holds :attr:`lock` already: a
+    lending route keeps its cache under the same lock, so a pair takes it once a call.
     """
 
     def __init__(self, process_holder: str) -> None:
         #: The holder the runtime's pools name this process by (in its leases).
         self.process_holder = process_holder
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._held: dict[str, tuple[L, str, str, float]] = {}  # id -> lender, pool, holder, at
         # id -> why it ended; two generations, so the last RECENT_ENDED are always there.
         self._ended: dict[str, str] = {}
@@ -85,24 +87,34 @@ class LeaseLedger(Generic[L]):
 
     def granted(self, lease: Lease, lender: L, holder: str) -> None:
         """The pool granted ``lease`` to ``holder``, through ``lender``."""
-        with self._lock:
-            newest = self._newest.get(lease.pool)
-            if newest is None or not lease.id.startswith(newest):  # (cheaper than a parse)
-                self._saw_epoch(lease)
-            if self._why(lease.id) is None:  # else its LeaseExpired came before this record
-                self._held[lease.id] = (lender, lease.pool, holder, lease.granted_at)
+        with self.lock:
+            self.granted_locked(lease, lender, holder)
+
+    def granted_locked(self, lease: Lease, lender: L, holder: str) -> None:
+        newest = self._newest.get(lease.pool)
+        if newest is None or not lease.id.startswith(newest):  # (cheaper than a parse)
+            self._saw_epoch(lease)
+        if self._why(lease.id) is None:  # else its LeaseExpired came before this record
+            self._held[lease.id] = (lender, lease.pool, holder, lease.granted_at)
 
     def lent(self, lease: Lease, lender: L, holder: str) -> None:
         """``lender`` lends ``holder`` a lease this process had parked (a new borrow).
 
         Its record of the last borrow's end stays: a held lease is judged as held.
         """
-        with self._lock:
-            self._held[lease.id] = (lender, lease.pool, holder, lease.granted_at)
+        with self.lock:
+            self.lent_locked(lease, lender, holder)
+
+    def lent_locked(self, lease: Lease, lender: L, holder: str) -> None:
+        self._held[lease.id] = (lender, lease.pool, holder, lease.granted_at)
+
+    def unlent_locked(self, lease: Lease) -> None:
+        """Undo :meth:`lent_locked` (the borrower never got the lease: Ctrl-C)."""
+        self._held.pop(lease.id, None)
 
     def check(self, lease: Lease, pool: str, holder: str) -> L:
         """The lender of ``holder``'s live borrow ``lease``; raises a LeaseError otherwise."""
-        with self._lock:
+        with self.lock:
             held = self._held.get(lease.id)
             if held is None or held[1] != pool or held[2] != holder or held[3] != lease.granted_at:
                 raise self._refusal(lease, pool, holder)
@@ -110,27 +122,30 @@ class LeaseLedger(Generic[L]):
 
     def returned(self, lease: Lease, pool: str, holder: str) -> L:
         """``holder`` releases ``lease``: its lender, or a LeaseError (and nothing changes)."""
-        with self._lock:  # (check and _end inlined: this is every release's cost)
-            held = self._held.get(lease.id)
-            if held is None or held[1] != pool or held[2] != holder or held[3] != lease.granted_at:
-                raise self._refusal(lease, pool, holder)
-            del self._held[lease.id]
-            ended = self._ended
-            ended[lease.id] = _RELEASED
-            if len(ended) >= RECENT_ENDED:
-                self._older, self._ended = ended, {}
+        with self.lock:
+            return self.returned_locked(lease, pool, holder)
+
+    def returned_locked(self, lease: Lease, pool: str, holder: str) -> L:
+        held = self._held.get(lease.id)  # (check and _end inlined: every release pays this)
+        if held is None or held[1] != pool or held[2] != holder or held[3] != lease.granted_at:
+            raise self._refusal(lease, pool, holder)
+        del self._held[lease.id]
+        ended = self._ended
+        ended[lease.id] = _RELEASED
+        if len(ended) >= RECENT_ENDED:
+            self._older, self._ended = ended, {}
         return held[0]
 
     def reclaimed(self, lease_id: str, why: str) -> None:
         """The pool took ``lease_id`` back on its own (it expired)."""
-        with self._lock:
+        with self.lock:
             held = self._held.pop(lease_id, None)
             if held is not None or self._why(lease_id) is None:  # (not if released first)
                 self._end(lease_id, why)
 
     def holder_gone(self, holder: str) -> list[tuple[str, L]]:
         """``holder`` ended: its leases, with their lenders, to give back for it."""
-        with self._lock:
+        with self.lock:
             gone = [(i, h) for i, h in self._held.items() if h[2] == holder]
             for lease_id, _ in gone:
                 del self._held[lease_id]
