@@ -5,6 +5,13 @@
 hands out a broken connection: one psycopg reports ``broken`` or ``closed``, or in
 whose block an ``OperationalError`` was raised, is destroyed.
 
+A ``lease()`` block behaves like psycopg_pool's ``with pool.connection() as conn:``:
+leaving it cleanly commits an open transaction (``commit_on_exit``, default True),
+and an error rolls back (the reset below). Without it, writes not committed by hand
+are rolled back on release. ``acquire()``/``release()`` never commit: a release
+only resets. A transaction left failed, mid-COPY or in pipeline mode is not
+committed: the reset rolls it back or discards the connection.
+
 On release it does what psycopg_pool's ``_reset_connection`` does, by the
 connection's ``transaction_status`` (no round trip to find out):
 
@@ -43,7 +50,14 @@ _ROLLBACK = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
 
 class PostgresFactory(Factory[psycopg.Connection[Any]]):
-    """Makes psycopg connections from a conninfo string and/or keyword arguments."""
+    """Makes psycopg connections from a conninfo string and/or keyword arguments.
+
+    ``connect_timeout`` is in seconds (default 5.0); ``check_idle_after`` in seconds
+    (default None: no borrow check); ``discard_all`` (default False) sends
+    ``DISCARD ALL`` after each reset; ``commit_on_exit`` (default True) commits when
+    a ``lease()`` block ends without an error. Other keyword arguments go to
+    ``psycopg.connect``.
+    """
 
     def __init__(
         self,
@@ -53,6 +67,7 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         application_name: str = "lessor",
         check_idle_after: float | None = None,
         discard_all: bool = False,
+        commit_on_exit: bool = True,
         **kwargs: Any,
     ) -> None:
         if connect_timeout <= 0:
@@ -64,6 +79,7 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
         self.application_name = application_name
         self.check_idle_after = check_idle_after
         self.discard_all = discard_all
+        self.commit_on_exit = commit_on_exit
         self.kwargs = kwargs
         self._clock = IdleClock()
 
@@ -124,6 +140,21 @@ class PostgresFactory(Factory[psycopg.Connection[Any]]):
 
     def is_fatal(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError)
+
+    def finish(self, resource: psycopg.Connection[Any]) -> None:
+        """Commit an open transaction, as leaving psycopg_pool's ``connection()`` does.
+
+        Only from INTRANS outside pipeline mode: IDLE has nothing to commit, and a
+        connection mid-COPY, failed, closed or in a pipeline is the reset's to judge
+        (a commit could block on a COPY's lock, or hide that the block went wrong).
+        """
+        pgconn = resource.pgconn
+        if (
+            self.commit_on_exit
+            and pgconn.transaction_status == pq.TransactionStatus.INTRANS
+            and pgconn.pipeline_status == pq.PipelineStatus.OFF
+        ):
+            resource.commit()
 
     def __repr__(self) -> str:  # never show a password
         return f"{type(self).__name__}(application_name={self.application_name!r})"

@@ -2,7 +2,8 @@
 
 A factory makes and destroys resources; the optional hooks say how to test one on
 borrow (``check``), clean one on release (``reset``), which errors in a holder's
-block mean the resource is broken (``is_fatal``), and whether a reclaimed resource
+block mean the resource is broken (``is_fatal``), what ends a block that went well
+(``finish``: PostgreSQL commits there), and whether a reclaimed resource
 may be reused (``reusable``: true for plain tokens, false for anything a holder that
 lost its lease might still be touching).
 """
@@ -55,6 +56,10 @@ class Factory(Generic[R]):
     def is_fatal(self, exc: BaseException) -> bool:
         """An error in a ``lease()`` block that means the resource is broken."""
         return False
+
+    def finish(self, resource: R) -> None:
+        """Run when a ``lease()`` block ends without an error, on its thread, before the
+        release; if it raises, so does the block (releasing as ``is_fatal`` says)."""
 
 
 def overrides(factory: Factory[Any], hook: str) -> bool:

@@ -79,6 +79,7 @@ class CachedRoute(LendingRoute):
         )
         self.holder_id = me
         self.spec = spec
+        self.factory = spec.factory
         #: The pool itself, asked as this cache.
         self.pool = LocalRoute(target, spec, holder=lambda: me)
         self.closed = False
@@ -93,9 +94,6 @@ class CachedRoute(LendingRoute):
 
     def tell(self, message: Message) -> None:
         self.pool.tell(message)
-
-    def is_fatal(self, exc: BaseException) -> bool:
-        return self.spec.factory.is_fatal(exc)
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:

@@ -62,6 +62,7 @@ class LocalRoute(LeaseOps):
         #: The pool's actor, or its supervised child (whose incarnations change).
         self.target = target
         self.spec = spec
+        self.factory = spec.factory
         self.name = spec.name
         self._holder = holder
         self._last_ref: pykka.ActorRef[Any] | None = None
@@ -160,9 +161,6 @@ class LocalRoute(LeaseOps):
         way before the next borrow can have it.
         """
         self.ask(Release(lease.id, broken))
-
-    def is_fatal(self, exc: BaseException) -> bool:
-        return self.spec.factory.is_fatal(exc)
 
     # -- as a target of remote requests (the runtime's node delivers them here) --------
 

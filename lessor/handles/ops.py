@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lessor.errors import ExpiredLease
+from lessor.factory import Factory
 from lessor.protocol.messages import Acquire, GetStats, Lease, Message, PoolStats, Release, Renew
 
 __all__ = ["ACQUIRE_GRACE", "DEFAULT_ACQUIRE_TIMEOUT", "REQUEST_TIMEOUT", "LeaseOps"]
@@ -26,9 +27,13 @@ DEFAULT_ACQUIRE_TIMEOUT = 30.0
 
 
 class LeaseOps:
-    """Mixin: subclasses set ``name`` and implement ``ask``, ``tell`` and ``is_fatal``."""
+    """Mixin: subclasses set ``name`` and implement ``ask`` and ``tell``."""
 
     name: str
+    #: The pool's factory, when the pool is in this process: its ``is_fatal`` and
+    #: ``finish`` end ``lease()`` blocks. None for a pool in the runtime (a worker's
+    #: route to one): its resources are plain tokens, with no hooks to run here.
+    factory: Factory[Any] | None = None
 
     def ask(self, message: Message, timeout: float | None = None) -> Any:
         raise NotImplementedError
@@ -38,7 +43,12 @@ class LeaseOps:
 
     def is_fatal(self, exc: BaseException) -> bool:
         """Whether an error raised in a ``lease()`` block means the resource is broken."""
-        return False
+        return self.factory is not None and self.factory.is_fatal(exc)
+
+    def finish(self, resource: Any) -> None:
+        """End a ``lease()`` block that went well (PostgreSQL: commit), before the release."""
+        if self.factory is not None:
+            self.factory.finish(resource)
 
     def acquire(
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
@@ -67,11 +77,15 @@ class LeaseOps:
     ) -> Iterator[Any]:
         """Borrow a resource for a block; an error deemed fatal releases it as broken.
 
+        A block that ends well is finished by the factory before the release (a
+        PostgreSQL connection commits, as psycopg_pool's ``connection()`` does).
         Raises ExpiredLease on exit if the lease outlived its ttl (it was reclaimed).
         """
         lease = self.acquire(timeout, priority, ttl)
         try:
             yield lease.resource
+            if not _expired(lease):  # (an expired lease's resource is not ours to commit)
+                self.finish(lease.resource)
         except BaseException as exc:
             if not _expired(lease):
                 self.release(lease, broken=self.is_fatal(exc))

@@ -55,6 +55,9 @@ class PoolHandle(LeaseOps):
     def is_fatal(self, exc: BaseException) -> bool:
         return self.route.is_fatal(exc)
 
+    def finish(self, resource: Any) -> None:
+        self.route.finish(resource)
+
     def __getattr__(self, name: str) -> Any:
         """What only one route has: ``spec``, ``stop``, ``actor_ref`` in-process;
         ``flush``, ``parked``, ``cache`` in a worker."""

@@ -100,3 +100,6 @@ class QuotaFactory(Factory[Any]):
 
     def is_fatal(self, exc: BaseException) -> bool:
         return self.wrapped.is_fatal(exc)
+
+    def finish(self, resource: Any) -> None:
+        self.wrapped.finish(resource)
