@@ -9,7 +9,7 @@ actor's thread, at once. Two things lessor needs have no public name:
 - the message ``ActorRef.stop`` enqueues, which an inbox drained after stopping
   must recognise to answer as pykka would.
 
-``tests/test_pykka_compat.py`` checks both against the installed pykka.
+``tests/actors/test_actor_turn.py`` checks both against the installed pykka.
 """
 
 from __future__ import annotations

@@ -1,56 +1,18 @@
-"""Shared fixtures: every test must leave no thread or child process behind."""
+"""Shared fixtures: every test must leave no thread or child process behind, and
+``where`` runs a behaviour test through every pool handle (tests/support/where.py)."""
 
 from __future__ import annotations
 
-import os
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from tests.support.helpers import wait_until
+from tests.support.where import WHERE, Where
+
 LEAK_GRACE = 5.0  # seconds a stopping thread or process may take to finish
-
-
-def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.002) -> bool:
-    """Poll a condition with a deadline (for outcomes no event announces)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run fn in a thread; its result or exception lands in the returned list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of the group (zombies are dead, just not reaped yet)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
 
 
 def _ours(process: psutil.Process) -> bool:
@@ -83,16 +45,17 @@ def no_leaks() -> Iterator[None]:
     assert not children, f"test left child processes: {[c.pid for c in children]}"
 
 
-def refuses_acquires(pool: Any, timeout: float = 1.0) -> bool:
-    """Whether the pool answers ShuttingDown; a lease granted before it does goes back."""
-    from lessor import Lease, ShuttingDown
+@pytest.fixture(params=WHERE, ids=WHERE)
+def where(request: pytest.FixtureRequest) -> Iterator[Where]:
+    """Where the test borrows from: ``where(pool)`` is the handle reaching ``pool`` from
+    there, in-process (plain or cached) or from a worker's (uncached or cached) handle.
 
+    Its handles close when the test ends: ask for it after the fixture that makes the
+    pool (or ``where.close()`` before stopping a pool the test made), so that a cached
+    handle's parked leases go back to a pool that still runs.
+    """
+    place = Where(request.param)
     try:
-        got = pool.acquire(timeout=timeout)
-    except ShuttingDown:
-        return True
-    except Exception:
-        return False
-    if isinstance(got, Lease):
-        pool.release(got)
-    return False
+        yield place
+    finally:
+        place.close()

@@ -121,7 +121,7 @@ def round_trips(selects: Ops, borrow: Callable[[], Any], give_back: Callable[[An
     The pool holds one connection: ``borrow`` gets it (waiting out any return work
     still running elsewhere), ``give_back`` returns it.
     """
-    from tests import pg  # on sys.path once postgres() ran
+    from tests.support import pg  # on sys.path once postgres() ran
 
     held = borrow()
     conn = getattr(held, "resource", held)

@@ -37,11 +37,11 @@ def interleaved(benches: dict[str, Ops], n: int, repeat: int) -> dict[str, float
 
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
-    """A DSN: LESSOR_PG_DSN, or the embedded server the tests use (``tests/pg.py``)."""
+    """A DSN: LESSOR_PG_DSN, or the embedded server the tests use (``tests/support/pg.py``)."""
     root = str(Path(__file__).parents[2])
     if root not in sys.path:
         sys.path.append(root)  # after the installed lessor, so it never shadows it
-    from tests import pg
+    from tests.support import pg
 
     server = pg.start()
     try:

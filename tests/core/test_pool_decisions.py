@@ -1,7 +1,7 @@
 """The decisions PoolCore took over from its actor: recall, drain, refused grants.
 
 Plus the ledger's reading of bad lease ids, which no longer takes ids apart.
-Driven by hand with exact times, like tests/test_pool_core.py.
+Driven by hand with exact times, like tests/core/test_pool_core.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lessor
 from lessor import Acquire, Release
-from tests.overlap import Markers, hold
+from tests.support.overlap import Markers, hold
 
 
 class ChaosFailure(RuntimeError):

@@ -1,4 +1,7 @@
-"""Worker targets for tests/test_runtime_hardening.py: module-level, so spawn can import them."""
+"""Worker targets for tests/supervisor/test_runtime_hardening.py.
+
+Module-level, so spawn can import them.
+"""
 
 from __future__ import annotations
 

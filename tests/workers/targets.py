@@ -9,7 +9,7 @@ from typing import Any
 
 import lessor
 from lessor import DoubleRelease
-from tests.overlap import IntervalLog, Markers, ParksAndReleases, hold
+from tests.support.overlap import IntervalLog, Markers, ParksAndReleases, hold
 
 
 def pairs(

@@ -28,10 +28,10 @@ from lessor import (
 from lessor.specs import SupervisorSpec
 from lessor.supervisor.restarts import Remove, Restart, RestartIntensity, RestartPlanner
 from lessor.supervisor.workers import WorkerPids
-from tests.conftest import refuses_acquires, wait_until
+from tests.support.helpers import refuses_acquires, wait_until
 from tests.workers import hardening_targets as t
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 
 
 @pytest.fixture

@@ -26,12 +26,9 @@ from lessor import (
     UnknownLease,
     start_pool,
 )
-from lessor.handles.cached import CachedRoute
 from lessor.handles.lending import plainly_valid
-from lessor.handles.ops import LeaseOps
-from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
-from lessor.worker.client import Client
-from tests.conftest import wait_until
+from tests.support.helpers import wait_until
+from tests.support.where import Where
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": "high"}, TypeError),
@@ -55,34 +52,11 @@ def pool() -> Iterator[PoolHandle]:
     handle.stop(timeout=5)
 
 
-@pytest.fixture(params=["in-process", "in-process cached", "worker uncached", "worker cached"])
-def handle(request: pytest.FixtureRequest, pool: PoolHandle) -> Iterator[LeaseOps]:
-    if request.param == "in-process":
-        yield pool
-        return
-    if request.param == "in-process cached":
-        cached = CachedRoute(pool.route.target, pool.spec)  # type: ignore[attr-defined]
-        try:
-            yield PoolHandle(cached)
-        finally:
-            cached.close()
-        return
-    node = Node()
-    node.register("p", pool)
-    env = node.env("w")
-    client = Client(env[ENV_ADDRESS], bytes.fromhex(env[ENV_AUTHKEY]), "w")
-    client.on_lost = lambda: None  # this is the test process: never SIGTERM it
-    try:
-        yield client.pool("p", cache=request.param == "worker cached")
-    finally:
-        client.close()
-        node.close()
-
-
 @pytest.mark.parametrize(("kwargs", "error"), BAD, ids=[repr(k) for k, _ in BAD])
 def test_a_bad_acquire_is_refused_alike_by_every_handle(
-    handle: LeaseOps, pool: PoolHandle, kwargs: dict[str, Any], error: type[Exception]
+    pool: PoolHandle, where: Where, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
+    handle = where(pool)
     handle.release(handle.acquire(timeout=5))  # a cached handle now has a parked lease
     with pytest.raises(error):
         handle.acquire(**kwargs)
@@ -104,10 +78,9 @@ def test_the_cached_handles_quick_check_only_passes_what_an_acquire_accepts(
         Acquire("p", timeout, priority, ttl)  # must not raise
 
 
-def test_a_bad_release_raises_alike_through_every_handle(
-    handle: LeaseOps, pool: PoolHandle
-) -> None:
+def test_a_bad_release_raises_alike_through_every_handle(pool: PoolHandle, where: Where) -> None:
     """Release is synchronous in-process and judged by the worker's ledger: same errors."""
+    handle = where(pool)
     lease = handle.acquire(timeout=5)
     handle.release(lease)
     with pytest.raises(DoubleRelease):
@@ -137,7 +110,8 @@ def _raised(fn: Any, *args: Any) -> BaseException | None:
     return None
 
 
-def test_every_handle_is_the_one_class(handle: LeaseOps, pool: PoolHandle) -> None:
+def test_every_handle_is_the_one_class(pool: PoolHandle, where: Where) -> None:
     """Code typed against PoolHandle runs unchanged in-process and in a worker."""
+    handle = where(pool)
     assert type(handle) is PoolHandle and type(pool) is PoolHandle
     assert handle.name == pool.name == "p"

@@ -32,7 +32,7 @@ from lessor.actors.base import LessorActor
 from lessor.actors.pool import PoolActor
 from lessor.actors.reply import OneShot
 from lessor.handles.local import LocalRoute
-from tests.conftest import wait_until
+from tests.support.helpers import wait_until
 
 WORKER = "worker:test.0.1:1"
 

@@ -1,4 +1,7 @@
-"""Lease reclamation and graceful shutdown through a Runtime, with real threads and actors."""
+"""Lease reclamation and graceful shutdown through a Runtime, with real threads and actors.
+
+Tests that take ``where`` run through every handle (tests/support/where.py).
+"""
 
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ from lessor import (
 )
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.handles.local import LocalRoute
-from tests.actors import Borrower, CrashablePool
-from tests.conftest import refuses_acquires, wait_until
-from tests.test_pool_actor import FakeClock, renewal_outlives_its_first_expiry
+from tests.support.actors import Borrower, crashable
+from tests.support.clock import FakeClock, renewal_outlives_its_first_expiry
+from tests.support.helpers import refuses_acquires, wait_until
+from tests.support.where import Where
 
 RECLAIM_BOUND = 0.5  # seconds from a holder's death to its lease being back (measured: ~1 ms)
 
@@ -115,29 +119,25 @@ def test_expired_lease_is_reclaimed_promptly_and_the_actor_holder_told(runtime: 
         borrower.stop()
 
 
-def test_lease_block_that_outlives_its_ttl_raises_expired_on_exit(runtime: Runtime) -> None:
+def test_lease_block_that_outlives_its_ttl_raises_expired_on_exit(
+    runtime: Runtime, where: Where
+) -> None:
     pool = runtime.add_pool(PoolSpec("p", TokenFactory(), max_size=1))
-    with pytest.raises(ExpiredLease), pool.lease(timeout=1, ttl=0.05):
+    handle = where(pool)
+    with pytest.raises(ExpiredLease), handle.lease(timeout=1, ttl=0.05):
         assert wait_until(lambda: pool.stats().expired == 1)
     assert pool.stats().idle == 1
 
 
-def test_renew_extends_a_supervised_lease(runtime: Runtime) -> None:
+def test_renew_extends_a_supervised_lease(runtime: Runtime, where: Where) -> None:
     clock = FakeClock()
     spec = PoolSpec("p", TokenFactory(), max_size=2)
     child = runtime.add_child(
         ChildSpec("p", PoolActor, (spec,), {"lineage": PoolLineage(), "clock": clock})
     )
     pool = PoolHandle(LocalRoute(child, spec))
-    assert renewal_outlives_its_first_expiry(pool, clock) == (1, 1)
+    assert renewal_outlives_its_first_expiry(where(pool), clock) == (1, 1)
     assert (pool.stats().leased, pool.stats().expired) == (0, 1)
-
-
-def crashable(runtime: Runtime, spec: PoolSpec) -> PoolHandle:
-    child = runtime.add_child(
-        ChildSpec(spec.name, CrashablePool, (spec,), {"lineage": PoolLineage()})
-    )
-    return PoolHandle(LocalRoute(child, spec))
 
 
 def test_a_restarted_pool_is_invisible_to_handles_and_old_leases_are_harmless(

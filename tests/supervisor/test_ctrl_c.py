@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import group_members, wait_until
+from tests.support.helpers import group_members, wait_until
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 WORKERS = 8
 MAX_STDERR_LINES = 15
 

@@ -14,10 +14,10 @@ import pytest
 
 from lessor import cli
 from lessor.cli import main
-from tests.conftest import group_members, wait_until
-from tests.overlap import DuplicateTokens
+from tests.support.helpers import group_members, wait_until
+from tests.support.overlap import DuplicateTokens
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 SMALL = ["demo", "--threads", "4", "--jobs", "50", "--slots", "2", "--workers", "1"]
 

@@ -29,8 +29,8 @@ from lessor.handles.ops import LeaseOps
 from lessor.protocol.messages import Acquire, Lease, Message, Release
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
 from lessor.worker.client import Client
-from tests.conftest import in_thread, wait_until
-from tests.test_leases import crashable
+from tests.support.actors import crashable
+from tests.support.helpers import in_thread, wait_until
 from tests.workers import release_targets
 from tests.workers.release_targets import OTHER, POOL, SHORT
 

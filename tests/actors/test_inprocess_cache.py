@@ -29,8 +29,8 @@ from lessor import (
 from lessor.core.cache import LeaseCache
 from lessor.handles.cached import CachedRoute
 from lessor.protocol.messages import Lease
-from tests.conftest import wait_until
-from tests.overlap import IntervalLog, assert_exclusive, hammer_with_checks, overlapping
+from tests.support.helpers import wait_until
+from tests.support.overlap import IntervalLog, assert_exclusive, hammer_with_checks, overlapping
 
 HOLD = 0.3  # seconds: long enough that a test's pairs all fall inside it
 

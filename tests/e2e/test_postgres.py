@@ -15,8 +15,8 @@ from psycopg import pq
 
 from lessor import AcquireTimeout, PoolHandle, PoolSpec, start_pool
 from lessor.adapters.postgres import PostgresFactory
-from tests import pg
-from tests.conftest import wait_until
+from tests.support import pg
+from tests.support.helpers import wait_until
 
 _names = itertools.count(1)
 

@@ -25,8 +25,8 @@ from lessor import (
     TokenFactory,
 )
 from lessor.supervisor.workers import WorkerPids
-from tests.conftest import wait_until
-from tests.overlap import Markers, assert_exclusive
+from tests.support.helpers import wait_until
+from tests.support.overlap import Markers, assert_exclusive
 from tests.workers import targets
 
 KILL_BOUND = 0.25  # seconds from SIGKILL to the dead worker's leases being back
@@ -196,7 +196,7 @@ def test_workers_exit_when_their_runtime_is_killed(tmp_path: Path) -> None:
         [sys.executable, "-c", RUNTIME_SCRIPT, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
     )
     try:
         assert proc.stdout is not None

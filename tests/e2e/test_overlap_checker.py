@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from lessor import PoolHandle, PoolSpec, Runtime, TokenFactory, start_pool
-from tests.conftest import wait_until
-from tests.overlap import (
+from tests.support.helpers import wait_until
+from tests.support.overlap import (
     DuplicateTokens,
     IntervalLog,
     Markers,
@@ -29,7 +29,7 @@ from tests.overlap import (
 )
 from tests.workers import targets
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_intervals_catch_an_overlap_and_too_many_held() -> None:
 
 MARK_AND_WAIT = """
 import sys, time
-from tests.overlap import Markers
+from tests.support.overlap import Markers
 Markers(sys.argv[1]).mark("t")
 print("marked", flush=True)
 time.sleep(60)

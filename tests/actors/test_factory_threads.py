@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lessor.actors.executor import FactoryThreads
-from tests.conftest import wait_until
+from tests.support.helpers import wait_until
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 STUCK = """
 import threading, time

@@ -1,4 +1,4 @@
-"""Test actors with observable lifecycles, shared by the supervisor and lease tests."""
+"""Test actors with observable lifecycles, and a pool that crashes on demand, for tests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import pykka
 
-from lessor import LeaseExpired, PoolHandle
-from lessor.actors.pool import PoolActor
+from lessor import ChildSpec, LeaseExpired, PoolHandle, PoolSpec, Runtime
+from lessor.actors.pool import PoolActor, PoolLineage
+from lessor.handles.local import LocalRoute
 
 
 class Journal:
@@ -79,6 +80,14 @@ class CrashablePool(PoolActor):
         if message == "crash":
             raise RuntimeError("pool bug")
         return super().handle_internal(message)
+
+
+def crashable(runtime: Runtime, spec: PoolSpec) -> PoolHandle:
+    """A supervised pool of ``runtime`` whose actor crashes when told "crash"."""
+    child = runtime.add_child(
+        ChildSpec(spec.name, CrashablePool, (spec,), {"lineage": PoolLineage()})
+    )
+    return PoolHandle(LocalRoute(child, spec))
 
 
 class Borrower(pykka.ThreadingActor):

@@ -22,7 +22,7 @@ from lessor.protocol.messages import Acquire, ErrorReply, GiveBack, Hello, PoolS
 from lessor.protocol.wire import Kind
 from lessor.transport.node import ENV_AUTHKEY
 from lessor.worker.client import open_connection
-from tests.conftest import wait_until
+from tests.support.helpers import wait_until
 from tests.workers import targets
 
 

@@ -17,8 +17,8 @@ from lessor import (
     SupervisorGaveUp,
     SupervisorSpec,
 )
-from tests.actors import Journal, Worker
-from tests.conftest import wait_until
+from tests.support.actors import Journal, Worker
+from tests.support.helpers import wait_until
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from lessor.protocol.messages import Acquire, ErrorReply, GetStats, Hello, Lease
 from lessor.protocol.wire import Kind
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, Node
 from lessor.worker.client import Client
-from tests.conftest import in_thread, wait_until
+from tests.support.helpers import in_thread, wait_until
 
 WAIT = 5.0  # seconds any event below may take before the test gives up on it
 

@@ -19,7 +19,7 @@ from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event
 from lessor.supervisor.supervisor import DelayedRestarts, RestartsDue
 from lessor.supervisor.workers import WorkerInfo, WorkerPids, WorkerSpec, WorkerStatus
-from tests.conftest import wait_until
+from tests.support.helpers import wait_until
 from tests.workers import targets
 
 #: Scheduling and process start-up on a loaded 2-core machine: added to upper bounds only.

@@ -28,7 +28,7 @@ import pytest
 
 from lessor import ChildRef, Factory, PoolHandle, PoolSpec, Runtime, TokenFactory
 from lessor.supervisor.workers import StopWorkers
-from tests.overlap import DuplicateTokens, Markers
+from tests.support.overlap import DuplicateTokens, Markers
 from tests.workers import chaos_targets
 
 SHORT_SECONDS = 10.0

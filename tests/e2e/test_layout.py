@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 PACKAGES = ("lessor", "actors", "supervisor", "adapters")
 COMPAT = ROOT / "actors" / "_pykka_compat.py"
 MAX_LINES = 400
@@ -37,6 +37,12 @@ def private_pykka_uses(paths: list[Path]) -> list[str]:
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if PRIVATE_PYKKA.search(line)
     ]
+
+
+def test_the_rules_read_this_repositorys_sources() -> None:
+    """A rule over no files passes: ROOT must be the repository, with every package."""
+    assert (ROOT / "pyproject.toml").is_file(), ROOT
+    assert {p.relative_to(ROOT).parts[0] for p in sources()} == set(PACKAGES)
 
 
 def test_pykka_internals_are_touched_only_in_the_compat_module() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from lessor import PoolSpec, Runtime, TokenFactory
 from lessor.adapters.postgres import PostgresFactory
-from tests import pg
-from tests.conftest import wait_until
+from tests.support import pg
+from tests.support.helpers import wait_until
 from tests.workers import targets
 
 SESSIONS_GONE_BOUND = 5.0  # seconds for the server to drop a SIGKILLed worker's sessions
