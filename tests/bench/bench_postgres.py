@@ -10,8 +10,9 @@ What each side does per iteration, one pooled connection each, no borrow check o
 either side (psycopg_pool's default; ``PostgresFactory``'s unless ``check_idle_after``):
 
 - ``lessor_us``: ``with db.lease() as conn: conn.execute("SELECT 1")``: ``BEGIN``,
-  ``SELECT 1``; the release finds the connection INTRANS, so the factory's ``reset``
-  sends ``ROLLBACK``. Three round trips.
+  ``SELECT 1``; leaving the block sends ``COMMIT`` (``commit_on_exit``, as
+  psycopg_pool's ``connection()``); the release then finds the connection IDLE, so
+  the factory's ``reset`` sends nothing. Three round trips.
 - ``psycopg_pool_us``: ``with pool.connection() as conn: conn.execute("SELECT 1")``:
   ``getconn`` (no check), ``BEGIN``, ``SELECT 1``; leaving ``with conn`` sends
   ``COMMIT``; ``putconn`` then finds the connection IDLE, so ``_reset_connection``
