@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from tests.support.helpers import wait_until
 from tests.workers import targets
 
 SESSIONS_GONE_BOUND = 5.0  # seconds for the server to drop a SIGKILLed worker's sessions
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[pg.Postgres]:
-    postgres = pg.start()
-    yield postgres
-    pg.stop(postgres)
 
 
 def test_four_workers_never_open_more_than_max_total(server: pg.Postgres, tmp_path: Path) -> None:

@@ -21,13 +21,6 @@ from tests.support.helpers import wait_until
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[pg.Postgres]:
-    postgres = pg.start()
-    yield postgres
-    pg.stop(postgres)
-
-
 @pytest.fixture
 def app() -> str:
     return f"lessor-test-{next(_names)}"

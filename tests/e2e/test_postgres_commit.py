@@ -25,13 +25,6 @@ from tests.workers import pg_targets
 _tables = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[pg.Postgres]:
-    postgres = pg.start()
-    yield postgres
-    pg.stop(postgres)
-
-
 @pytest.fixture
 def table(server: pg.Postgres) -> Iterator[str]:
     """A fresh table (x int, unique, checked at commit) that other connections can see."""
