@@ -31,7 +31,7 @@ class PoolHandle(LeaseOps):
         self.name = route.name
         # The hot calls go straight to the route's own methods: a call less per use.
         # (the methods below stay, for the signatures and for subclass-free reading)
-        for hot in ("acquire", "release"):
+        for hot in ("acquire", "release", "finish"):
             object.__setattr__(self, hot, getattr(route, hot))
 
     def ask(self, message: Message, timeout: float | None = None) -> Any:
