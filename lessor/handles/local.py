@@ -16,24 +16,23 @@ from typing import Any, Protocol
 
 import pykka
 
-from lessor.actors.base import LessorActor, actor_of
+from lessor.actors.base import LessorActor
 from lessor.actors.pool import PoolActor
 from lessor.actors.pool_messages import CancelAcquire
 from lessor.actors.reply import OneShot, Reply, answer
 from lessor.errors import (
     AcquireTimeout,
-    ActorRestarted,
-    ActorStopped,
     LessorError,
     NotPortable,
     PoolClosed,
 )
+from lessor.handles.actor_route import ActorRoute
 from lessor.handles.ops import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
 from lessor.handles.pool import PoolHandle
 from lessor.holder import Holder, current_holder
 from lessor.protocol.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
 from lessor.specs import PoolSpec
-from lessor.supervisor.child import ChildRef, ChildState
+from lessor.supervisor.child import ChildRef
 
 __all__ = ["Cancellable", "LocalRoute", "start_pool"]
 
@@ -46,11 +45,14 @@ class Cancellable(Reply, Protocol):
     def result(self) -> Any: ...
 
 
-class LocalRoute(LeaseOps):
+class LocalRoute(ActorRoute, LeaseOps):
     """A running pool in this process; cheap to copy, safe to share between threads.
 
     It is also what the runtime's node delivers workers' requests to.
     """
+
+    closed = PoolClosed
+    kind = "pool"
 
     def __init__(
         self,
@@ -58,59 +60,13 @@ class LocalRoute(LeaseOps):
         spec: PoolSpec,
         holder: Callable[[], Holder] = current_holder,
     ) -> None:
-        self._target = target
-        #: The pool's actor, or its supervised child (whose incarnations change).
-        self.target = target
+        super().__init__(target, spec.name, holder)
         self.spec = spec
         self.factory = spec.factory
-        self.name = spec.name
-        self._holder = holder
-        self._last_ref: pykka.ActorRef[Any] | None = None
-        self._last_actor: LessorActor | None = None
 
-    @property
-    def actor_ref(self) -> pykka.ActorRef[Any]:
-        """The current incarnation's ref (it changes when a supervised pool restarts)."""
-        if isinstance(self._target, ChildRef):
-            return self.current_ref(REQUEST_TIMEOUT)
-        return self._target
-
-    def current_ref(self, wait: float) -> pykka.ActorRef[Any]:
-        """The running incarnation, waiting up to ``wait`` seconds through a restart."""
-        target = self._target
-        if not isinstance(target, ChildRef):
-            if not target.is_alive():
-                raise PoolClosed(f"pool {self.name!r} is not running")
-            return target
-        ref = target.ref  # fast path: running, no lock
-        if target.state == ChildState.RUNNING and ref is not None and ref.is_alive():
-            return ref
-        try:
-            return target.current(wait)  # waits through a restart
-        except ActorRestarted:
-            raise
-        except ActorStopped as exc:
-            raise PoolClosed(f"pool {self.name!r} is stopped") from exc
-
-    def _actor(self, wait: float) -> LessorActor:
-        """The running incarnation's actor; cached until the incarnation changes."""
-        actor, target = self._last_actor, self._target
-        if (
-            actor is not None
-            and actor.accepting
-            and (not isinstance(target, ChildRef) or target.ref is self._last_ref)
-        ):
-            return actor
-        ref = self.current_ref(wait)
-        if ref is self._last_ref and self._last_actor is not None:
-            return self._last_actor
-        actor = actor_of(ref)
-        if actor is None:
-            raise PoolClosed(f"pool {self.name!r} is not running")
-        self._last_ref, self._last_actor = ref, actor
-        return actor
-
-    def ask(self, message: Message, timeout: float | None = None) -> Any:
+    def ask(
+        self, message: Message, timeout: float | None = None, holder: Holder | None = None
+    ) -> Any:
         """Send a request and wait for its answer; errors come back raised.
 
         The request usually runs on this thread (the pool was idle); otherwise it
@@ -123,7 +79,7 @@ class LocalRoute(LeaseOps):
                 timeout = REQUEST_TIMEOUT
         actor = self._actor(timeout)
         reply = OneShot()
-        holder = self._holder()
+        holder = holder or self._holder()
         try:
             actor.deliver(message, reply, holder)
             return reply.get(timeout)
