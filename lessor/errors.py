@@ -12,12 +12,14 @@ __all__ = [
     "AcquireTimeout",
     "ActorRestarted",
     "ActorStopped",
+    "BreakerOpen",
     "DoubleRelease",
     "ExpiredLease",
     "ForeignLease",
     "LeaseError",
     "LessorError",
     "MapTimeout",
+    "NoSuchBreaker",
     "NoSuchPool",
     "NotPortable",
     "PoolClosed",
@@ -62,6 +64,26 @@ class NotPortable(LessorError):
 
 class NoSuchPool(LessorError):
     """A message named a pool that is not the one it was sent to."""
+
+
+class NoSuchBreaker(LessorError):
+    """No breaker of that name (in a worker: none was added before the workers spawned)."""
+
+
+class BreakerOpen(LessorError):
+    """A circuit breaker refused the call: its dependency is failing.
+
+    ``breaker`` names it; ``remaining`` is how many seconds the open state has left
+    (None when forced open, or half-open with every probe permit taken).
+    """
+
+    def __init__(self, text: str, breaker: str = "", remaining: float | None = None) -> None:
+        super().__init__(text)
+        self.breaker = breaker
+        self.remaining = remaining
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (BreakerOpen, (str(self), self.breaker, self.remaining))
 
 
 class LeaseError(LessorError):

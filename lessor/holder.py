@@ -34,7 +34,7 @@ __all__ = [
     "unsubscribe",
 ]
 
-HolderKind = Literal["thread", "actor", "worker", "cache", "anonymous"]
+HolderKind = Literal["thread", "actor", "worker", "cache", "watcher", "anonymous"]
 _KINDS: frozenset[str] = frozenset(get_args(HolderKind))
 
 
@@ -87,6 +87,11 @@ class Holder(str):
         """An in-process lease cache (``runtime.pool(name, cache=True)``): it lends what
         it holds to threads and, like a worker, gives leases back when asked."""
         return cls("cache", id)
+
+    @classmethod
+    def watcher(cls, id: str) -> Holder:
+        """An in-process handle subscribed to an actor's pushes (a breaker's state)."""
+        return cls("watcher", id)
 
     @property
     def gives_back(self) -> bool:

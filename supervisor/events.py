@@ -20,6 +20,7 @@ log = logging.getLogger("lessor.supervisor")
 EventKind = Literal[
     "started", "failed", "exited", "restarted", "removed", "gave_up", "escalated",
     "stopped", "killed", "lease_reclaimed",
+    "breaker_state",
 ]  # fmt: skip
 _LEVELS = {"failed": logging.WARNING, "gave_up": logging.ERROR, "escalated": logging.ERROR,
            "killed": logging.WARNING}  # fmt: skip
