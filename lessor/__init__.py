@@ -1,8 +1,8 @@
 """lessor: supervised resource actors for multiprocessing.
 
 Pools hand out time-limited, tracked leases through messages (``Acquire``,
-``Release``); the same messages work in-process through pykka and, later, across
-processes as msgpack frames.
+``Release``); circuit breakers share one state across every process. The same
+messages work in-process through pykka and across processes as msgpack frames.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from lessor.errors import (
     AcquireTimeout,
     ActorRestarted,
     ActorStopped,
+    BreakerOpen,
     DoubleRelease,
     ExpiredLease,
     ForeignLease,
     LeaseError,
     LessorError,
     MapTimeout,
+    NoSuchBreaker,
     NoSuchPool,
     NotPortable,
     PoolClosed,
@@ -31,11 +33,13 @@ from lessor.errors import (
     WorkersFailed,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
+from lessor.handles.breaker import Breaker
 from lessor.handles.local import start_pool
 from lessor.handles.pool import PoolHandle
 from lessor.holder import bind_actor
 from lessor.protocol.messages import (
     Acquire,
+    BreakerStats,
     Describe,
     GetStats,
     Lease,
@@ -48,7 +52,7 @@ from lessor.protocol.messages import (
     encode,
 )
 from lessor.runtime.runtime import Runtime, ShutdownReport
-from lessor.specs import Backoff, ChildSpec, PoolSpec, SupervisorSpec
+from lessor.specs import Backoff, BreakerSpec, ChildSpec, PoolSpec, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.worker.client import Client, connect
 
@@ -60,6 +64,10 @@ __all__ = [
     "ActorRestarted",
     "ActorStopped",
     "Backoff",
+    "Breaker",
+    "BreakerOpen",
+    "BreakerSpec",
+    "BreakerStats",
     "CallableFactory",
     "ChildRef",
     "ChildSpec",
@@ -75,6 +83,7 @@ __all__ = [
     "LeaseExpired",
     "LessorError",
     "MapTimeout",
+    "NoSuchBreaker",
     "NoSuchPool",
     "NotPortable",
     "PoolClosed",

@@ -77,6 +77,8 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     #: Process-scoped pool specs each worker runs its own pool of.
     pools: dict[str, Any] = field(default_factory=dict)
+    #: Breaker specs, for the workers' handles (``connect().breaker(name)``).
+    breakers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _nonempty("id", self.id)
@@ -238,7 +240,12 @@ class WorkerGroup(pykka.ThreadingActor):
                ENV_TRACEBACK: self._traceback_path(slot)}  # fmt: skip
         process = self._ctx.Process(
             target=run_worker,
-            args=(Spawned(self.spec.target, self.spec.args), env, self.spec.pools),
+            args=(
+                Spawned(self.spec.target, self.spec.args),
+                env,
+                self.spec.pools,
+                self.spec.breakers,
+            ),
             name=f"lessor-{slot.worker_id}",
         )
         # SIGINT stays blocked in the new process until run_worker ignores it: a Ctrl-C

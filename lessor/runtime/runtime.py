@@ -12,35 +12,41 @@ workers, reclaim everything, stop the tree) instead of waiting on it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
 from lessor.actors.pool import PoolActor, PoolLineage
-from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.errors import NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.handles.breaker import Breaker
 from lessor.handles.cached import CachedRoute
 from lessor.handles.local import LocalRoute
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
 from lessor.protocol.messages import Lease
-from lessor.runtime.mapjob import MapJob, map_worker, run_map
+from lessor.runtime.breakers import Breakers
 from lessor.runtime.outcome import GroupOutcome
 from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
 from lessor.runtime.shutdown import ask as _ask
 from lessor.runtime.signals import SignalHooks
-from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
+from lessor.runtime.workers import WorkerProcesses
+from lessor.specs import (
+    Backoff,
+    BreakerSpec,
+    ChildSpec,
+    PoolSpec,
+    Restart,
+    Strategy,
+    SupervisorSpec,
+)
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
-from lessor.supervisor.supervisor import AddChild, GetTree, RemoveChild, start_supervised
+from lessor.supervisor.supervisor import AddChild, GetTree, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
-from lessor.supervisor.workers import StopWorkers, WorkerGroup, WorkerSpec
 from lessor.transport.node import Node
-from lessor.worker.bootstrap import check_spawnable
 from lessor.worker.local_pools import quota_spec
 
 __all__ = ["Runtime", "ShutdownReport"]
@@ -48,7 +54,7 @@ __all__ = ["Runtime", "ShutdownReport"]
 log = logging.getLogger("lessor.runtime")
 
 
-class Runtime:
+class Runtime(WorkerProcesses):
     """The supervision tree of this process. Use as a context manager or call ``shutdown``.
 
     Built in the main thread (and with ``handle_signals``), SIGTERM, SIGINT and
@@ -72,6 +78,7 @@ class Runtime:
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
         self._pools: dict[str, PoolHandle] = {}
         self._caches: dict[str, PoolHandle] = {}  # pool -> its cached handle, if made
+        self._breakers = Breakers()
         self._node: Node | None = None
         self._outcomes: dict[ChildRef, GroupOutcome] = {}
         self._process_specs: dict[str, PoolSpec] = {}
@@ -122,6 +129,24 @@ class Runtime:
                 self._node.register(spec.name, route)
         return handle
 
+    def add_breaker(
+        self, spec: BreakerSpec, *, restart: Restart = "permanent", shutdown: float = 5.0
+    ) -> Breaker:
+        """Start a supervised circuit breaker shared by this process and its workers.
+
+        Add breakers before spawning workers: their specs travel with the workers.
+        """
+        self._check()
+        handle, target = self._breakers.add(spec, self.add_child, self.event_log, restart, shutdown)
+        with self._lock:
+            if self._node is not None:
+                self._node.register(f"breaker:{spec.name}", target)
+        return handle
+
+    def breaker(self, name: str) -> Breaker:
+        """Breaker ``name`` (NoSuchBreaker if none)."""
+        return self._breakers.get(name)
+
     def add_child(self, spec: ChildSpec) -> ChildRef:
         """Start any supervised child: a pykka actor class or a nested SupervisorSpec."""
         self._check()
@@ -144,120 +169,6 @@ class Runtime:
                 route = cast(LocalRoute, handle.route)
                 cached = self._caches[name] = PoolHandle(CachedRoute(route.target, route.spec))
         return cached
-
-    # -- worker processes --------------------------------------------------------------
-
-    @property
-    def node(self) -> Node:
-        """The socket workers connect to; made on first use."""
-        with self._lock:
-            if self._node is None:
-                self._check()  # a node made after shutdown would never be closed
-                self._node = Node()
-                for name, handle in self._pools.items():
-                    self._node.register(name, cast(LocalRoute, handle.route))
-            return self._node
-
-    def spawn_workers(
-        self,
-        target: Callable[..., Any],
-        n: int,
-        args: tuple[Any, ...] = (),
-        restart: Restart = "transient",
-        *,
-        name: str | None = None,
-        max_restarts: int = 10,
-        max_seconds: float = 10.0,
-        backoff: Backoff | None = None,
-    ) -> ChildRef:
-        """Start ``n`` supervised worker processes running ``target(*args)``.
-
-        ``target`` must be importable by name (a module-level function) and ``args``
-        must pickle: both are checked here (TypeError). In it, ``lessor.connect()``
-        gives the worker its client (``client.pool("name")``).
-
-        ``restart`` is transient by default because workers are usually batch jobs: a
-        worker that returns has done its work and is not run again (under permanent it
-        would be, for ever); one that fails is restarted, after a ``backoff`` delay if
-        one is given (default None: at once; see WorkerSpec). Past ``max_restarts``
-        (default 10) within ``max_seconds`` (default 10 s) the group stops and is over
-        for good (a temporary child of the root: neither restarted nor escalated);
-        ``join`` raises WorkersFailed.
-        """
-        self._check()
-        check_spawnable(target, args)
-        name = name or f"workers-{next(self._jobs)}"
-        with self._lock:
-            pools = dict(self._process_specs)
-        spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, backoff,
-                          pools=pools)  # fmt: skip
-        outcome = GroupOutcome()
-        start = (spec, self.node, self.event_log, f"root/{name}")
-        kwargs = {"outcome": outcome, "hurry": self._hurry}
-        group = self.add_child(ChildSpec(name, WorkerGroup, start, kwargs, "temporary"))
-        with self._lock:
-            self._outcomes[group] = outcome
-        return group
-
-    def join(self, workers: ChildRef, timeout: float | None = None) -> bool:
-        """Wait until every process of a worker group has exited for good.
-
-        True when they have; False at the timeout (permanent workers never do).
-        Raises WorkersFailed if the group gave up or was stopped first, and
-        RuntimeStopped once the runtime is shutting down.
-        """
-        with self._lock:
-            outcome = self._outcomes.get(workers)
-        if outcome is None:
-            raise ValueError(f"{workers.path} is not a worker group of this runtime")
-        return outcome.join(timeout)
-
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        items: Iterable[Any],
-        workers: int = 2,
-        *,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-        max_restarts: int = 10,
-    ) -> list[Any]:
-        """``[fn(item) for item in items]``, computed by ``workers`` worker processes.
-
-        Results come back in order. An item that raised is a TaskFailed: raised (the
-        first in order) or, with ``return_exceptions``, put in its place. If the
-        workers give up (past ``max_restarts`` restarts in 10 s) this raises
-        WorkersFailed; items their workers left undone when they exited are TaskFailed.
-        """
-        self._check()
-        check_spawnable(fn, (), "map function")
-        job = MapJob(f"map-{next(self._jobs)}", items)
-
-        def spawn(n: int) -> tuple[ChildRef, GroupOutcome]:
-            group = self.spawn_workers(
-                map_worker, n, (job.name, fn), name=job.name, max_restarts=max_restarts
-            )
-            with self._lock:
-                return group, self._outcomes[group]
-
-        def stop(group: ChildRef) -> None:
-            self.stop_workers(group)
-            with self._lock:
-                self._outcomes.pop(group, None)
-
-        return run_map(job, self.node, spawn, stop, workers, timeout, return_exceptions)
-
-    def stop_workers(self, workers: ChildRef, timeout: float = 5.0) -> list[str]:
-        """Drain a worker group, give it ``timeout`` seconds, kill what is left, remove it.
-
-        Answered with the ids of the workers that had to be killed.
-        """
-        killed: list[str] = []
-        with contextlib.suppress(LessorError):
-            killed = _ask(workers.current(0.0), StopWorkers(timeout), timeout + 30, workers.path)
-        with contextlib.suppress(LessorError):
-            _ask(self._root, RemoveChild(workers.id), 60)
-        return killed
 
     def tree(self) -> dict[str, Any]:
         """The live tree: id, kind, state, restarts, uptime and children of every node."""
@@ -357,6 +268,7 @@ class Runtime:
             caches = [cast(CachedRoute, c.route) for c in self._caches.values()]
             for cache in caches:  # nothing parks now; the caller's leases come back
                 cache.drain(caller)
+            self._breakers.close()  # their last outcomes, while the breakers still run
             try:
                 reclaimed, from_caller, killed = drain(
                     self._root, live(handles), live(groups), deadline, self._hurry, caller

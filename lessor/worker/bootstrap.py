@@ -25,7 +25,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any, cast
 
 from lessor.errors import ActorStopped, ShuttingDown
-from lessor.specs import PoolSpec
+from lessor.specs import BreakerSpec, PoolSpec
 from lessor.worker.client import connect
 
 __all__ = ["ENV_TRACEBACK", "Spawned", "check_spawnable", "run_worker"]
@@ -237,6 +237,7 @@ def run_worker(
     work: Spawned | _Pickled,
     env: dict[str, str],
     pools: dict[str, PoolSpec] | None = None,
+    breakers: dict[str, BreakerSpec] | None = None,
 ) -> None:
     """Entry point of every worker process; an exception exits it with status 1.
 
@@ -245,7 +246,8 @@ def run_worker(
     uncaught exception's traceback is written where ``LESSOR_WORKER_TRACEBACK`` says
     (and then not printed to stderr too; it is, if it could not be written).
     ``pools`` are the runtime's process-scoped pools: this worker runs its own pool
-    of each (``connect().pool(name)``), under the runtime's global quota.
+    of each (``connect().pool(name)``), under the runtime's global quota; ``breakers``
+    are the runtime's breakers, for ``connect().breaker(name)``.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawner
@@ -254,6 +256,7 @@ def run_worker(
         target, args = work.load()
         client = connect()  # also how the worker notices its runtime dying (reader sees EOF)
         client.local_specs.update(pools or {})
+        client.breaker_specs.update(breakers or {})
         try:
             target(*args)
         except (ShuttingDown, ActorStopped) as exc:

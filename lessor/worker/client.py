@@ -23,8 +23,9 @@ from typing import Any
 
 from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
-from lessor.errors import AcquireTimeout, LessorError, ProtocolError
+from lessor.errors import AcquireTimeout, LessorError, NoSuchBreaker, ProtocolError
 from lessor.handles import ops as leases
+from lessor.handles.breaker import Breaker
 from lessor.handles.lending import LendingRoute
 from lessor.handles.ownership import LeaseLedger
 from lessor.handles.pool import PoolHandle
@@ -40,10 +41,10 @@ from lessor.protocol.messages import (
     PoolInfo,
     Release,
 )
-from lessor.specs import PoolSpec
+from lessor.specs import BreakerSpec, PoolSpec
 from lessor.transport.connection import RuntimeConnection, open_connection
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
-from lessor.worker.remote import RemoteRoute
+from lessor.worker.remote import RemoteActorRoute, RemoteRoute
 
 #: open_connection lives in lessor.transport.connection; importers long found it here.
 __all__ = ["Client", "connect", "open_connection"]
@@ -62,6 +63,10 @@ class Client:
         self.on_lost: Callable[[], None] = _terminate_self
         #: Process-scoped pools of the runtime: this process runs its own of each.
         self.local_specs: dict[str, PoolSpec] = {}
+        #: The runtime's breakers (as they were when this worker was spawned).
+        self.breaker_specs: dict[str, BreakerSpec] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._breakers_lock = threading.Lock()
         self.ledger: LeaseLedger[LendingRoute] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
         self._handlers: list[Callable[[Message], None]] = []
         self._lock = threading.Lock()
@@ -141,6 +146,29 @@ class Client:
                 pool = self._cached[name] = PoolHandle(RemoteRoute(self, name, cache=True))
         return pool
 
+    def breaker(self, name: str) -> Breaker:
+        """The runtime's circuit breaker ``name``: its state is pushed here, and a call in
+        the closed state costs no round trip (see :class:`~lessor.handles.breaker.Breaker`).
+
+        Raises NoSuchBreaker for a breaker the runtime did not have when this worker
+        was spawned.
+        """
+        with self._breakers_lock:  # not the client's lock: this asks the runtime
+            handle = self._breakers.get(name)
+            if handle is not None:
+                return handle
+            spec = self.breaker_specs.get(name)
+            if spec is None:
+                raise NoSuchBreaker(
+                    f"no breaker named {name!r} (a worker knows the breakers its runtime "
+                    "had when it was spawned)"
+                )
+            handle = Breaker(spec, RemoteActorRoute(self, f"breaker:{name}"), in_process=False)
+            self.on_push(handle.pushed)  # before it asks for the state: no change is missed
+            handle.subscribe()
+            self._breakers[name] = handle
+        return handle
+
     def _local_pool(self, name: str) -> PoolHandle:
         from lessor.handles.local import start_pool
         from lessor.worker.local_pools import local_spec, quota_holder
@@ -200,6 +228,9 @@ class Client:
 
     def close(self) -> None:
         holders.unsubscribe(self._thread_gone)
+        for breaker in list(self._breakers.values()):
+            with contextlib.suppress(LessorError):
+                breaker.close()  # its last outcomes
         for local in list(self._local.values()):
             with contextlib.suppress(Exception):
                 local.stop(timeout=10)  # closes its resources, giving their quota back

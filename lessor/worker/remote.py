@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from lessor.handles import ops as leases
 from lessor.handles.lending import LendingRoute
-from lessor.holder import current_holder
+from lessor.holder import Holder, current_holder
 from lessor.protocol.messages import Acquire, Message
 
 if TYPE_CHECKING:
     from lessor.worker.client import Client
 
-__all__ = ["RemoteRoute"]
+__all__ = ["RemoteActorRoute", "RemoteRoute"]
 
 
 class RemoteRoute(LendingRoute):
@@ -51,3 +51,20 @@ class RemoteRoute(LendingRoute):
 
     def tell(self, message: Message) -> None:
         self.client.tell(self.name, message)
+
+
+class RemoteActorRoute:
+    """Any other actor of the runtime (a breaker), seen from a worker: requests are
+    frames on the client's connection; the worker process is the holder."""
+
+    def __init__(self, client: Client, target: str) -> None:
+        self.client = client
+        self.target = target
+
+    def ask(
+        self, message: Message, timeout: float | None = None, holder: Holder | None = None
+    ) -> Any:
+        return self.client.ask(self.target, message, timeout)
+
+    def tell(self, message: Message) -> None:
+        self.client.tell(self.target, message)
