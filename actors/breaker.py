@@ -26,8 +26,15 @@ from lessor.actors.base import DEFERRED, Call, LessorActor
 from lessor.actors.pool_messages import HolderGone, Tick
 from lessor.actors.reply import Reply
 from lessor.actors.scheduler import Scheduler, Timer, process_scheduler
-from lessor.core.breaker import BreakerCore, Changed, Decision, ProbeGranted, ProbeRefused
-from lessor.errors import ActorRestarted, ActorStopped, BreakerOpen, LessorError, ProtocolError
+from lessor.core.breaker import (
+    BreakerCore,
+    Changed,
+    Decision,
+    ProbeGranted,
+    ProbeRefused,
+    refusal,
+)
+from lessor.errors import ActorRestarted, ActorStopped, LessorError, ProtocolError
 from lessor.holder import Holder
 from lessor.protocol.messages import (
     BreakerState,
@@ -43,7 +50,7 @@ from lessor.protocol.messages import (
 from lessor.specs import BreakerSpec
 from lessor.supervisor.events import EventLog
 
-__all__ = ["BreakerActor", "BreakerLineage", "refusal"]
+__all__ = ["BreakerActor", "BreakerLineage"]
 
 log = logging.getLogger("lessor.breaker")
 
@@ -57,18 +64,6 @@ class BreakerLineage:
     def __init__(self) -> None:
         self.core: BreakerCore | None = None
         self.subscribers: set[Holder] = set()
-
-
-def refusal(name: str, state: str, until: float | None, now: float) -> BreakerOpen:
-    """The BreakerOpen a refused call raises, wherever it was refused."""
-    remaining = None if until is None else max(0.0, until - now)
-    if remaining is not None:
-        why = f"open for {remaining:.3g}s more"
-    elif state == "half_open":
-        why = "half-open, every probe permit taken"
-    else:
-        why = state.replace("_", " ")
-    return BreakerOpen(f"breaker {name!r} is {why}", name, remaining)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from lessor.actors.pool_factory import FactoryWork
 from lessor.actors.pool_messages import (
     AwaitDrained,
     BeginDrain,
+    BreakerGate,
     CancelAcquire,
     Checked,
     Created,
@@ -128,9 +129,11 @@ class PoolActor(LessorActor):
         clock: Callable[[], float] = time.monotonic,
         scheduler: Scheduler | None = None,
         factory_threads: FactoryThreads | None = None,
+        gate: Callable[[], BreakerGate] | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self._gate = gate  # the state of the pool's breaker now (spec.breaker)
         self.epoch = secrets.token_hex(4)
         self._lineage = lineage or PoolLineage()
         self._events = events
@@ -178,6 +181,9 @@ class PoolActor(LessorActor):
             raise
 
     def _start(self) -> None:
+        if self._gate is not None:  # a restarted pool is as open as its breaker is
+            gate = self._gate()
+            self.core.gate(self._clock(), gate.breaker, gate.state, gate.until)
         self._apply(self.core.start(self._clock()))
         self._arm()
         self.ready = True  # from now on callers run turns on their own threads
@@ -284,6 +290,8 @@ class PoolActor(LessorActor):
                 self._apply(core.cancel(now, reply))
             case HolderGone(holder):
                 self._apply(core.reclaim_holder(now, holder))
+            case BreakerGate(breaker, state, until):
+                self._apply(core.gate(now, breaker, state, until))
             case EvictIdle():
                 self._apply(core.evict_idle(now))
             case BeginDrain():

@@ -15,6 +15,7 @@ from lessor.holder import Holder
 __all__ = [
     "AwaitDrained",
     "BeginDrain",
+    "BreakerGate",
     "CancelAcquire",
     "Checked",
     "CreateFailed",
@@ -31,6 +32,15 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Tick:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerGate:
+    """The pool's breaker is in ``state`` (open until ``until``): open stops the pool."""
+
+    breaker: str
+    state: str
+    until: float | None
 
 
 @dataclass(frozen=True, slots=True)

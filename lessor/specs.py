@@ -82,6 +82,10 @@ class PoolSpec:
     scope: Literal["runtime", "process"] = "runtime"
     #: The global cap across processes for ``scope="process"``; defaults to max_size.
     max_total: int | None = None
+    #: The name of a breaker (``runtime.add_breaker``, added first) this pool obeys:
+    #: while it is open, Acquires fail fast with BreakerOpen and no resource is made.
+    #: None (default): no breaker.
+    breaker: str | None = None
 
     def __post_init__(self) -> None:
         _nonempty("name", self.name)
@@ -126,6 +130,8 @@ class PoolSpec:
                 and self.max_total >= 1),
             "max_total", "must be an int >= 1 or None", self.max_total,
         )  # fmt: skip
+        _require(self.breaker is None or (isinstance(self.breaker, str) and bool(self.breaker)),
+                 "breaker", "must be a breaker's name or None", self.breaker)  # fmt: skip
         _require(
             isinstance(self.factory_concurrency, int)
             and not isinstance(self.factory_concurrency, bool)

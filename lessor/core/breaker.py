@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lessor.errors import BreakerOpen
+
 __all__ = [
     "FAILED",
     "IGNORED",
@@ -35,6 +37,7 @@ __all__ = [
     "ProbeRefused",
     "State",
     "outcome_code",
+    "refusal",
 ]
 
 State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
@@ -47,6 +50,18 @@ FAILED, SLOW, IGNORED = 1, 2, 4
 
 def outcome_code(failed: bool, slow: bool) -> int:
     return (FAILED if failed else 0) | (SLOW if slow else 0)
+
+
+def refusal(name: str, state: str, until: float | None, now: float) -> BreakerOpen:
+    """The BreakerOpen a refused call raises, wherever it was refused."""
+    remaining = None if until is None else max(0.0, until - now)
+    if remaining is not None:
+        why = f"open for {remaining:.3g}s more"
+    elif state == "half_open":
+        why = "half-open, every probe permit taken"
+    else:
+        why = state.replace("_", " ")
+    return BreakerOpen(f"breaker {name!r} is {why}", name, remaining)
 
 
 @dataclass(frozen=True)

@@ -114,5 +114,13 @@ class ActorRoute:
         """Hand a request from a worker process to the actor, without waiting."""
         self._actor(0.0).deliver(message, reply, holder)
 
+    def deliver_internal(self, message: Any) -> bool:
+        """Hand the running incarnation one of its own messages; False if none runs."""
+        try:
+            self._actor(0.0).deliver_internal(message)
+        except LessorError:
+            return False
+        return True
+
     def cancel(self, reply: Any, holder: Holder) -> None:
         """A worker gave up waiting; requests that hold nothing need no undoing."""

@@ -27,9 +27,9 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from lessor import holder as holders
-from lessor.actors.breaker import refusal
+from lessor.actors.pool_messages import BreakerGate
 from lessor.actors.scheduler import process_scheduler
-from lessor.core.breaker import FAILED, IGNORED, SLOW, State
+from lessor.core.breaker import FAILED, IGNORED, SLOW, State, refusal
 from lessor.errors import ActorRestarted, BreakerOpen, LessorError
 from lessor.handles.actor_route import ActorRoute
 from lessor.holder import Holder
@@ -126,6 +126,24 @@ class Breaker:
     def state(self) -> State:
         """The state this handle was last pushed (may lag the actor by one push)."""
         return self._view[0]
+
+    def gate(self) -> BreakerGate:
+        """This handle's view, as the message that stops or restarts a pool behind it."""
+        state, _, until = self._view
+        return BreakerGate(self.name, state, until)
+
+    def guard_pool(self, pool: ActorRoute) -> None:
+        """Make the pool behind ``pool`` follow this breaker (``PoolSpec.breaker``)."""
+
+        def follow(_name: str, _old: str, _new: str) -> None:
+            pool.deliver_internal(self.gate())  # the newest view, whichever change this was
+
+        self.on_state_change(follow)
+
+    @property
+    def until(self) -> float | None:
+        """When the open state ends (``time.monotonic()`` seconds), if it is open."""
+        return self._view[2]
 
     def pushed(self, message: Message) -> None:
         """A push from the actor: a newer state replaces this handle's view."""

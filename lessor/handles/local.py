@@ -18,7 +18,7 @@ import pykka
 
 from lessor.actors.base import LessorActor
 from lessor.actors.pool import PoolActor
-from lessor.actors.pool_messages import CancelAcquire
+from lessor.actors.pool_messages import BreakerGate, CancelAcquire
 from lessor.actors.reply import OneShot, Reply, answer
 from lessor.errors import (
     AcquireTimeout,
@@ -151,13 +151,15 @@ class LocalRoute(ActorRoute, LeaseOps):
         self._target.stop(block=True, timeout=timeout)
 
 
-def start_pool(spec: PoolSpec, *, cache: bool = False) -> PoolHandle:
+def start_pool(
+    spec: PoolSpec, *, cache: bool = False, gate: Callable[[], BreakerGate] | None = None
+) -> PoolHandle:
     """Start an unsupervised PoolActor (the Runtime supervises the ones it starts).
 
     ``cache=True`` (default False) borrows through an in-process lease cache: a pair
     costs a few µs instead of a turn each way (see :mod:`lessor.handles.cached`).
     """
-    ref = PoolActor.start(spec)
+    ref = PoolActor.start(spec, gate=gate)
     if cache:
         from lessor.handles.cached import CachedRoute  # (it builds on this module)
 

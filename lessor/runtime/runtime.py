@@ -109,6 +109,7 @@ class Runtime(WorkerProcesses):
     ) -> PoolHandle:
         """Start a supervised pool; the handle follows it across restarts.
 
+        A ``spec.breaker`` must name a breaker added before (NoSuchBreaker).
         With ``spec.scope == "process"`` this starts the global quota of
         ``spec.max_total`` (the returned handle leases quota tokens); each worker
         spawned afterwards runs its own pool of the real resources under it.
@@ -118,10 +119,15 @@ class Runtime(WorkerProcesses):
             # Workers run the real pools; here lives the global quota they draw on.
             with self._lock:
                 self._process_specs[spec.name] = spec
-            spec = quota_spec(spec)
-        kwargs = {"lineage": PoolLineage(), "events": self.event_log}
+            spec = quota_spec(spec)  # (the workers' pools obey its breaker, not the quota)
+        breaker = self._breakers.get(spec.breaker) if spec.breaker else None
+        kwargs: dict[str, Any] = {"lineage": PoolLineage(), "events": self.event_log}
+        if breaker is not None:
+            kwargs["gate"] = breaker.gate
         child = self.add_child(ChildSpec(spec.name, PoolActor, (spec,), kwargs, restart, shutdown))
         route = LocalRoute(child, spec)
+        if breaker is not None:
+            breaker.guard_pool(route)
         handle = PoolHandle(route)
         with self._lock:
             self._pools[spec.name] = handle

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
@@ -170,7 +170,7 @@ class Client:
         return handle
 
     def _local_pool(self, name: str) -> PoolHandle:
-        from lessor.handles.local import start_pool
+        from lessor.handles.local import LocalRoute, start_pool
         from lessor.worker.local_pools import local_spec, quota_holder
 
         with self._lock:
@@ -178,7 +178,13 @@ class Client:
             if handle is None:
                 owner = quota_holder(name)  # any factory thread may give a resource's quota back
                 quota = RemoteRoute(self, name, holder=lambda: owner)
-                handle = self._local[name] = start_pool(local_spec(self.local_specs[name], quota))
+                spec = self.local_specs[name]
+                breaker = self.breaker(spec.breaker) if spec.breaker else None
+                handle = self._local[name] = start_pool(
+                    local_spec(spec, quota), gate=breaker.gate if breaker else None
+                )
+                if breaker is not None:
+                    breaker.guard_pool(cast(LocalRoute, handle.route))
                 if len(self._local) == 1:
                     self.on_push(self._quota_wanted)
         return handle

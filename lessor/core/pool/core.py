@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from lessor.core.breaker import refusal
 from lessor.core.decisions import Decision, Destroy, Drained, Expired, Fail, Reclaimed
 from lessor.core.pool.ledger import foreign
 from lessor.core.pool.state import PoolState
@@ -68,6 +69,8 @@ class PoolCore(PoolState):
             raise PoolClosed(f"pool {self.spec.name!r} is closed")
         if not self._admitting:
             raise ShuttingDown(f"pool {self.spec.name!r} is shutting down")
+        if self._gate is not None:
+            raise refusal(*self._gate, now)
         queue = self._queue
         if ticket in queue.queued:
             raise ValueError(f"ticket {ticket!r} is already waiting")
@@ -283,6 +286,17 @@ class PoolCore(PoolState):
         """Destroy idle resources above ``min_size`` now (someone elsewhere needs quota)."""
         out: list[Decision] = []
         self._slots.evict_above_min(out)
+        return out
+
+    def gate(self, now: float, breaker: str, state: str, until: float | None) -> list[Decision]:
+        """The pool's breaker changed. Open or forced open: Acquires fail fast with
+        BreakerOpen (queued ones too) and no resource is created; else as usual."""
+        if state in ("open", "forced_open"):
+            self._gate = (breaker, state, until)
+            return self.fail_waiters(refusal(breaker, state, until, now))
+        self._gate = None
+        out: list[Decision] = []
+        self._plan_creates(now, out)
         return out
 
     def stop_admitting(self) -> None:

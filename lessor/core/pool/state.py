@@ -63,6 +63,8 @@ class PoolState:
         self._recall = Recall()
         self._drain_tickets: list[object] = []
         self._admitting = True
+        #: (breaker, state, until) while the pool's breaker is open: no Acquire, no create
+        self._gate: tuple[str, str, float | None] | None = None
 
     # -- views -------------------------------------------------------------------------
 
@@ -188,7 +190,7 @@ class PoolState:
         return max(for_waiters, for_min)
 
     def _plan_creates(self, now: float, out: list[Decision]) -> None:
-        if self._slots.closed:
+        if self._slots.closed or self._gate is not None:
             return
         slots = self._slots
         room = self.spec.max_size - len(slots) - slots.creating - self._ledger.orphans
