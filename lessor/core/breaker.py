@@ -114,6 +114,16 @@ Decision = Changed | ProbeGranted | ProbeRefused
 TIME_BUCKETS = 20
 
 
+#: Codes with the IGNORED bit: removed before counting (bytes.translate's delete set).
+_IGNORED_CODES = bytes(c for c in range(8) if c & IGNORED)
+
+
+def _failed_slow(codes: bytes) -> tuple[int, int]:
+    """(failed, slow) among codes 0-3, counted in C: a batch may hold thousands."""
+    both = codes.count(FAILED | SLOW)
+    return codes.count(FAILED) + both, codes.count(SLOW) + both
+
+
 class _Window:
     """Calls, failures and slow calls over the last ``size`` calls or seconds."""
 
@@ -123,12 +133,11 @@ class _Window:
         self.width = settings.window_size / TIME_BUCKETS
         self.calls = self.failed = self.slow = 0
         # count: one entry per call (code); time: [bucket, calls, failed, slow] per step
-        self._codes: deque[int] = deque()
+        self._codes = bytearray()
         self._buckets: deque[list[int]] = deque()
 
     def add(self, now: float, codes: bytes) -> None:
-        failed = sum(1 for c in codes if c & FAILED)
-        slow = sum(1 for c in codes if c & SLOW)
+        failed, slow = _failed_slow(codes)
         self.calls += len(codes)
         self.failed += failed
         self.slow += slow
@@ -143,12 +152,16 @@ class _Window:
                 self._buckets.append([step, len(codes), failed, slow])
             self.expire(now)
             return
-        self._codes.extend(codes)
-        while len(self._codes) > self.size:
-            old = self._codes.popleft()
-            self.calls -= 1
-            self.failed -= old & FAILED
-            self.slow -= (old & SLOW) >> 1
+        window = self._codes
+        window += codes
+        excess = len(window) - self.size
+        if excess > 0:
+            gone = bytes(window[:excess])
+            del window[:excess]
+            failed, slow = _failed_slow(gone)
+            self.calls -= excess
+            self.failed -= failed
+            self.slow -= slow
 
     def expire(self, now: float) -> None:
         if not self.by_time:
@@ -224,11 +237,12 @@ class BreakerCore:
         """A batch of call outcomes (``codes``, one byte each) seen under ``generation``."""
         totals = self.totals
         totals.rejected += rejected
-        counted = bytes(c for c in codes if not c & IGNORED)
+        counted = codes.translate(None, _IGNORED_CODES)
+        failed, slow = _failed_slow(counted)
         totals.ignored += len(codes) - len(counted)
         totals.calls += len(counted)
-        totals.failed += sum(1 for c in counted if c & FAILED)
-        totals.slow += sum(1 for c in counted if c & SLOW)
+        totals.failed += failed
+        totals.slow += slow
         if generation != self.generation or self.state != "closed":
             totals.stale += len(counted)
             return self.tick(now)

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from time import perf_counter
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -85,19 +86,29 @@ class Breaker:
     ``lessor.connect().breaker(name)`` in a worker.
     """
 
-    def __init__(self, spec: BreakerSpec, route: BreakerRoute, *, in_process: bool) -> None:
+    def __init__(
+        self,
+        spec: BreakerSpec,
+        route: BreakerRoute,
+        *,
+        in_process: bool,
+        read_pushes: Callable[[], None] | None = None,
+    ) -> None:
         self.name = spec.name
         self.spec = spec
         self._route = route
         self._slow = spec.slow_call_duration
         self._interval = spec.report_interval
         self._failed = spec.failed
+        # A worker's thread that calls without pause would see a push only when the
+        # GIL lets its reader run (up to 5 ms); it reads them itself with each batch.
+        self._read_pushes = read_pushes
         # (state, generation, until): replaced whole, so a reader sees one consistent view
         self._view: tuple[State, int, float | None] = ("closed", 0, None)
         self._lock = threading.Lock()  # the batch below
         self._codes = bytearray()
         self._batch_generation = 0
-        self._batch_began = 0.0  # perf_counter of the batch's first outcome
+        self._send_at = 0.0  # perf_counter time the batch is due (its first outcome + interval)
         self._rejected = 0
         self._timer = process_scheduler().timer(self.flush)
         self._local = threading.local()  # ``with breaker:``: a stack per thread
@@ -196,13 +207,25 @@ class Breaker:
         state, generation, _ = self._view
         if state != "closed":
             return self._guarded(fn, args, kwargs)
-        began = time.perf_counter()
+        began = perf_counter()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._record(generation, began, exc)
             raise
-        self._record(generation, began, None)
+        now = perf_counter()
+        code = SLOW if now - began >= self._slow else 0
+        with self._lock:  # the common case: one more outcome in a batch not yet due
+            codes = self._codes
+            if (
+                generation == self._batch_generation
+                and codes
+                and now < self._send_at
+                and len(codes) < MAX_BATCH
+            ):
+                codes.append(code)
+                return result
+        self._add(generation, code, now)
         return result
 
     def __call__(self, fn: F) -> F:
@@ -218,7 +241,7 @@ class Breaker:
         state, generation, _ = self._view
         probe = None if state in ("closed", "disabled") else self._permit(state)
         stack = self._local.__dict__.setdefault("stack", [])
-        stack.append((time.perf_counter(), generation, state, probe))
+        stack.append((perf_counter(), generation, state, probe))
         return self
 
     def __exit__(
@@ -240,7 +263,7 @@ class Breaker:
         probe = self._permit(state)
         if probe is None:  # the view turned closed meanwhile
             return self.call(fn, *args, **kwargs)
-        began = time.perf_counter()
+        began = perf_counter()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -285,7 +308,7 @@ class Breaker:
             code = FAILED if failed else 0
         else:
             code = 0
-        return code | SLOW if time.perf_counter() - began >= self._slow else code
+        return code | SLOW if perf_counter() - began >= self._slow else code
 
     def _probe_done(self, permit: ProbePermit, began: float, exc: BaseException | None) -> None:
         with contextlib.suppress(LessorError):
@@ -294,23 +317,25 @@ class Breaker:
     # -- reporting outcomes ------------------------------------------------------------
 
     def _record(self, generation: int, began: float, exc: BaseException | None) -> None:
-        code = self._code(began, exc)
-        now = time.perf_counter()
+        self._add(generation, self._code(began, exc), perf_counter())
+
+    def _add(self, generation: int, code: int, now: float) -> None:
+        """One outcome: it may start a batch (and arm the timer) or complete one (send)."""
         send = None
         with self._lock:
             if generation != self._batch_generation and (self._codes or self._rejected):
-                send = self._take()
+                send = self._take()  # outcomes of another generation go in their own batch
             codes = self._codes
-            if not codes:
-                self._batch_generation, self._batch_began = generation, now
-                arm = not self._rejected
-            else:
-                arm = False
+            arm = not codes and not self._rejected
+            if arm:
+                self._batch_generation, self._send_at = generation, now + self._interval
             codes.append(code)
-            if len(codes) >= MAX_BATCH or now - self._batch_began >= self._interval:
-                send = send or self._take()  # (a batch of the old generation went first)
+            if len(codes) >= MAX_BATCH or now >= self._send_at:
+                send = send or self._take()  # (if the old batch went, this one waits)
         if send is not None:
             self._send(send)
+            if self._read_pushes is not None:
+                self._read_pushes()  # one poll, once a batch
         if arm:
             self._timer.schedule(time.monotonic() + self._interval)
 

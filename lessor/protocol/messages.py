@@ -311,7 +311,7 @@ class Outcomes(Message):
     rejected: int = 0
 
     def __post_init__(self) -> None:
-        if self.rejected < 0 or any(c > 7 for c in self.codes):
+        if self.rejected < 0 or self.codes.translate(None, bytes(range(8))):  # not in 0-7
             raise ValueError("Outcomes: codes are 0-7 and rejected is >= 0")
 
 

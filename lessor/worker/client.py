@@ -163,7 +163,8 @@ class Client:
                     f"no breaker named {name!r} (a worker knows the breakers its runtime "
                     "had when it was spawned)"
                 )
-            handle = Breaker(spec, RemoteActorRoute(self, f"breaker:{name}"), in_process=False)
+            route = RemoteActorRoute(self, f"breaker:{name}")
+            handle = Breaker(spec, route, in_process=False, read_pushes=self.read_pushes)
             self.on_push(handle.pushed)  # before it asks for the state: no change is missed
             handle.subscribe()
             self._breakers[name] = handle
