@@ -32,7 +32,6 @@ from lessor.core.breaker import (
     Decision,
     ProbeGranted,
     ProbeRefused,
-    refusal,
 )
 from lessor.errors import ActorRestarted, ActorStopped, LessorError, ProtocolError
 from lessor.holder import Holder
@@ -113,7 +112,7 @@ class BreakerActor(LessorActor):
         core = self.core
         if self.subscribers:  # a restart: a push may have been lost with the last incarnation
             core.generation += 1
-            self._push(Changed(core.state, core.state, core.generation, core.until))
+            self._send_all(self.state())
         self._arm()
         self.ready = True
 
@@ -183,17 +182,18 @@ class BreakerActor(LessorActor):
             match d:
                 case ProbeGranted(ticket, probe, generation):
                     self.reply(cast(Reply, ticket), ProbePermit(self.spec.name, probe, generation))
-                case ProbeRefused(ticket, state, until):
-                    error = refusal(self.spec.name, state, until, self._clock())
-                    self.reply_error(cast(Reply, ticket), error)
+                case ProbeRefused(ticket):  # the state, for a handle whose view is behind
+                    self.reply(cast(Reply, ticket), self.state())
                 case Changed():
                     self._push(d)
 
     def _push(self, change: Changed) -> None:
-        state = BreakerState(self.spec.name, change.state, change.generation, change.until)
+        self._send_all(BreakerState(self.spec.name, change.state, change.generation, change.until))
+        self.later(self._changed, change)
+
+    def _send_all(self, state: BreakerState) -> None:
         for holder in self.subscribers:
             self.later(self._send, _Pushed(holder, state))
-        self.later(self._changed, change)
 
     def _send(self, pushed: _Pushed) -> None:
         receiver = holders.holder_receiver(pushed.holder)
@@ -220,7 +220,7 @@ class BreakerActor(LessorActor):
 
     def stats(self, now: float) -> BreakerStats:
         core, totals = self.core, self.core.totals
-        failure_rate, slow_rate = core.rates()
+        failure_rate, slow_rate = core.rates(now)
         return BreakerStats(
             self.spec.name, core.state, core.generation, max(0.0, now - core.changed_at),
             totals.calls, totals.failed, totals.slow, totals.rejected, totals.ignored,

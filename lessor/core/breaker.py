@@ -264,7 +264,8 @@ class BreakerCore:
             self.totals.probes += 1
             out.append(ProbeGranted(ticket, probe, self.generation))
         else:
-            self.totals.rejected += 1
+            if self.state not in ("closed", "disabled"):  # (else the caller goes ahead)
+                self.totals.rejected += 1
             out.append(ProbeRefused(ticket, self.state, self.until))
         return out
 
@@ -359,7 +360,8 @@ class BreakerCore:
         s = self.settings
         duration = s.open_duration
         if s.open_duration_max is not None:
-            duration = min(s.open_duration * 2.0**self._consecutive_trips, s.open_duration_max)
+            doublings = min(self._consecutive_trips, 64)  # (2.0**1024 overflows)
+            duration = min(s.open_duration * 2.0**doublings, s.open_duration_max)
         duration *= 1.0 + s.open_jitter * self._rng()
         self._consecutive_trips += 1
         self.totals.trips += 1
@@ -386,9 +388,10 @@ class BreakerCore:
     def probes_out(self) -> int:
         return len(self._probes.out)
 
-    def rates(self) -> tuple[float, float]:
+    def rates(self, now: float) -> tuple[float, float]:
         """(failure rate, slow-call rate) in % over the window; -1 while below minimum_calls."""
         w = self.window
+        w.expire(now)
         if w.calls < self._enough():
             return -1.0, -1.0
         return w.failed * 100.0 / w.calls, w.slow * 100.0 / w.calls

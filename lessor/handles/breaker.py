@@ -239,7 +239,11 @@ class Breaker:
 
     def __enter__(self) -> Breaker:
         state, generation, _ = self._view
-        probe = None if state in ("closed", "disabled") else self._permit(state)
+        probe = None
+        if state not in ("closed", "disabled"):
+            probe = self._permit(state)
+            if probe is None:  # the breaker closed (or was disabled) before the push came
+                state, generation, _ = self._view
         stack = self._local.__dict__.setdefault("stack", [])
         stack.append((perf_counter(), generation, state, probe))
         return self
@@ -273,18 +277,20 @@ class Breaker:
         return result
 
     def _permit(self, state: State) -> ProbePermit | None:
-        """Half-open (or open past its end): a probe permit from the actor, or BreakerOpen."""
-        _, _, until = self._view
+        """A probe permit from the actor, None if the call may run as in the closed
+        state after all, or BreakerOpen. Open before its end refuses here, at once."""
+        until = self._view[2]
         now = time.monotonic()
-        if state == "closed":
-            return None
         if state == "forced_open" or (state == "open" and until is not None and now < until):
             raise self._refused(refusal(self.name, state, until, now))
-        try:
-            permit = self._route.ask(Probe(self.name))
-        except BreakerOpen as exc:  # refused by the actor: this handle's own error, counted
-            raise self._refused(refusal(self.name, "half_open", None, now), count=False) from exc
-        return cast(ProbePermit, permit)
+        answer = self._route.ask(Probe(self.name))
+        if isinstance(answer, ProbePermit):
+            return answer
+        self.pushed(answer)  # refused: the actor's state, newer than this handle's view
+        state, _, until = self._view
+        if state in ("closed", "disabled"):
+            return None
+        raise self._refused(refusal(self.name, state, until, time.monotonic()), count=False)
 
     def _refused(self, error: BreakerOpen, count: bool = True) -> BreakerOpen:
         if count:
