@@ -325,10 +325,13 @@ class BreakerSpec:
             _require(math.isfinite(getattr(self, name)), name, "must be finite",
                      getattr(self, name))  # fmt: skip
         _positive("max_wait_in_half_open", self.max_wait_in_half_open, optional=True)
+        if self.max_wait_in_half_open is not None:
+            _require(math.isfinite(self.max_wait_in_half_open), "max_wait_in_half_open",
+                     "must be finite or None", self.max_wait_in_half_open)  # fmt: skip
         if self.open_duration_max is not None:
-            _require(_number(self.open_duration_max)
+            _require(_number(self.open_duration_max) and math.isfinite(self.open_duration_max)
                      and self.open_duration_max >= self.open_duration,
-                     "open_duration_max", "must be >= open_duration or None",
+                     "open_duration_max", "must be finite, >= open_duration, or None",
                      self.open_duration_max)  # fmt: skip
         _require(_number(self.open_jitter) and 0 <= self.open_jitter <= 10, "open_jitter",
                  "must be in [0, 10]", self.open_jitter)  # fmt: skip
