@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pybreaker
-from common import Ops, cli, per_op_us  # run as a script: this folder is on sys.path
+from common import Ops, cli, turns  # run as a script: this folder is on sys.path
 
 import lessor
 from lessor import Runtime
@@ -97,27 +97,22 @@ def guarded_calls(call: Callable[..., Any], fn: Callable[[], Any]) -> Ops:
     return ops
 
 
-def turns(benches: dict[str, Ops], n: int, count: int) -> dict[str, list[float]]:
-    """µs per op of each contender, ``count`` turns each, taking turns."""
-    for fn in benches.values():
-        fn(min(n, 20000))  # warm up
-    runs: dict[str, list[float]] = {name: [] for name in benches}
-    for _ in range(count):
-        for name, fn in benches.items():
-            runs[name].append(per_op_us(fn, n))
-    return runs
-
-
 def overheads(runs: dict[str, list[float]], name: str) -> list[float]:
     """Each turn's ``name`` minus the same turn's bare ``f()``."""
     return [guarded - bare for guarded, bare in zip(runs[name], runs["bare"], strict=True)]
+
+
+#: Calls each contender makes before it is timed.
+WARM = 20000
 
 
 def closed_in_worker(job: list[Any]) -> dict[str, list[float]]:
     """In a worker: bare ``ok()`` and ``breaker.call(ok)`` taking turns (µs per call)."""
     name, n, count = job
     breaker = lessor.connect().breaker(name)
-    return turns({"bare": bare_calls(ok), "lessor": guarded_calls(breaker.call, ok)}, n, count)
+    return turns(
+        {"bare": bare_calls(ok), "lessor": guarded_calls(breaker.call, ok)}, n, count, WARM
+    )
 
 
 def closed_overheads(runtime: Runtime, n: int, repeat: int) -> dict[str, list[float]]:
@@ -136,6 +131,7 @@ def closed_overheads(runtime: Runtime, n: int, repeat: int) -> dict[str, list[fl
             },
             n,
             TURNS,
+            WARM,
         )
         out["inprocess"] += overheads(local, "lessor")
         out["pybreaker"] += overheads(local, "pybreaker")

@@ -24,14 +24,21 @@ def per_op_us(fn: Ops, n: int) -> float:
     return (time.perf_counter() - began) / n * 1e6
 
 
-def interleaved(benches: dict[str, Ops], n: int, repeat: int) -> dict[str, float]:
-    """Median µs per op; the contenders take turns so they share the machine's noise."""
+def turns(benches: dict[str, Ops], n: int, count: int, warm: int = 2000) -> dict[str, list[float]]:
+    """µs per op of each contender, ``count`` turns each, taking turns so that they
+    share the machine's noise (after ``min(n, warm)`` ops each to warm up)."""
     for fn in benches.values():
-        fn(min(n, 2000))  # warm up
+        fn(min(n, warm))
     runs: dict[str, list[float]] = {name: [] for name in benches}
-    for _ in range(repeat):
+    for _ in range(count):
         for name, fn in benches.items():
             runs[name].append(per_op_us(fn, n))
+    return runs
+
+
+def interleaved(benches: dict[str, Ops], n: int, repeat: int) -> dict[str, float]:
+    """Median µs per op; the contenders take turns so they share the machine's noise."""
+    runs = turns(benches, n, repeat)
     return {name: statistics.median(values) for name, values in runs.items()}
 
 

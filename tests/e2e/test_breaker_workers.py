@@ -24,7 +24,7 @@ from lessor.errors import BreakerOpen
 from lessor.protocol.messages import BreakerStats
 from lessor.specs import BreakerSpec
 from lessor.supervisor.workers import WorkerPids
-from tests.support.helpers import wait_until
+from tests.support.helpers import serving, wait_until
 from tests.workers import breaker_targets, targets
 
 START_BOUND = 60.0  # seconds for spawned workers to be up (spawn imports everything)
@@ -98,14 +98,8 @@ def runtime() -> Iterator[Runtime]:
 @pytest.fixture
 def server() -> Iterator[Server]:
     """Ask for it after ``runtime``: it stops first, so no worker waits on a held request."""
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, name="test-http")
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(Server()) as srv:
+        yield srv
 
 
 class Logs:

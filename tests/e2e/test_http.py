@@ -14,6 +14,7 @@ from urllib3.util import Retry
 
 from lessor import PoolSpec, start_pool
 from lessor.adapters.http import HttpSessionFactory
+from tests.support.helpers import serving
 
 
 class Server(ThreadingHTTPServer):
@@ -65,14 +66,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, name="test-http")
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(Server()) as srv:
+        yield srv
 
 
 def test_sessions_keep_their_connections_alive(server: Server) -> None:

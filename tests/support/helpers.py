@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psutil
 
@@ -63,3 +64,21 @@ def refuses_acquires(pool: Any, timeout: float = 1.0) -> bool:
     if isinstance(got, Lease):
         pool.release(got)
     return False
+
+
+S = TypeVar("S")
+
+
+@contextlib.contextmanager
+def serving(server: S) -> Iterator[S]:
+    """Run a socketserver-style ``server`` (one with a ``release`` event that lets held
+    requests go) on a thread; on exit, release them, stop it and join the thread."""
+    thread = threading.Thread(target=server.serve_forever, name="test-http")  # type: ignore[attr-defined]
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()  # type: ignore[attr-defined]
+        server.server_close()  # type: ignore[attr-defined]
+        thread.join(5)
