@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from types import TracebackType
@@ -115,6 +116,9 @@ class Breaker:
         self._on_change: list[Callable[[str, str, str], None]] = []
         self._on_reject: list[Callable[[str, BreakerOpen], None]] = []
         self._holder: Holder | None = None
+        #: A worker's state changes, for its listeners (run on the scheduler's thread).
+        self._changes: deque[tuple[str, str]] | None = None if in_process else deque()
+        self._listening = None if in_process else process_scheduler().timer(self._run_listeners)
         if in_process:  # pushes come to this handle directly; a worker's come on its socket
             self._holder = Holder.watcher(f"{os.getpid()}:{self.name}:{next(_watchers)}")
             holders.bind_receiver(self._holder, _Receiver(self.pushed))
@@ -164,15 +168,33 @@ class Breaker:
         if message.generation <= previous[1]:
             return
         self._view = (cast(State, message.state), message.generation, message.until)
-        if previous[0] != message.state:
-            for listener in list(self._on_change):
-                try:
-                    listener(self.name, previous[0], message.state)
-                except Exception:
-                    log.exception("breaker %r: a state listener failed", self.name)
+        if previous[0] == message.state:
+            return
+        if self._changes is None or self._listening is None:  # in-process: after a turn, no lock
+            self._tell_listeners(previous[0], message.state)
+            return
+        # In a worker this runs on the thread reading the connection, under its read
+        # lock: a listener that asked the runtime anything would wait for itself.
+        self._changes.append((previous[0], message.state))
+        self._listening.schedule(0.0)  # at once, on the scheduler's thread
+
+    def _run_listeners(self) -> None:
+        changes = self._changes
+        while changes:
+            old, new = changes.popleft()
+            self._tell_listeners(old, new)
+
+    def _tell_listeners(self, old: str, new: str) -> None:
+        for listener in list(self._on_change):
+            try:
+                listener(self.name, old, new)
+            except Exception:
+                log.exception("breaker %r: a state listener failed", self.name)
 
     def on_state_change(self, listener: Callable[[str, str, str], None]) -> None:
-        """Call ``listener(name, old, new)`` on each change this handle is pushed."""
+        """Call ``listener(name, old, new)`` on each change this handle is pushed: in a
+        worker on the scheduler's thread, in order (keep it short); in-process on the
+        thread that carried out the actor's turn."""
         self._on_change.append(listener)
 
     def on_rejected(self, listener: Callable[[str, BreakerOpen], None]) -> None:
@@ -368,6 +390,8 @@ class Breaker:
     def close(self) -> None:
         """Send what is held and stop the timer (the runtime or the client calls it)."""
         self._timer.cancel()
+        if self._listening is not None:
+            self._listening.cancel()
         self.flush()
         if self._holder is not None:
             holders.report_gone(self._holder)

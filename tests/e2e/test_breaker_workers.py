@@ -363,6 +363,21 @@ def test_a_worker_knows_the_breakers_added_before_it_was_spawned(
     assert found["nope"].startswith("NoSuchBreaker: no breaker named 'nope'")
 
 
+def test_a_workers_listener_may_ask_the_runtime(runtime: Runtime, tmp_path: Path) -> None:
+    """Pushes are read under the connection's read lock: a listener run there that asked
+    anything would wait for its own reply. A worker's listeners run elsewhere."""
+    breaker = runtime.add_breaker(BreakerSpec("api"))
+    group = runtime.spawn_workers(breaker_targets.asking_listener, 1, args=(str(tmp_path),))
+    logs = Logs(tmp_path)
+    assert wait_until(lambda: any(f == ["ready"] for p in logs.pids() for f in logs.lines(p)),
+                      timeout=START_BOUND)  # fmt: skip
+    breaker.force_open()
+    assert runtime.join(group, timeout=10)  # an answered listener; not a 30 s request timeout
+    (pid,) = logs.pids()
+    assert ["seen", "forced_open", "0"] in logs.lines(pid)
+    assert logs.lines(pid)[-1] == ["done"]
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -143,3 +143,22 @@ def lookup(names: list[str], out_dir: str) -> None:
             log.write(name, client.breaker(name).state)
         except LessorError as exc:
             log.write(name, f"{type(exc).__name__}: {exc}")
+
+
+def asking_listener(out_dir: str) -> None:
+    """A state listener that asks the runtime (stats) when the breaker changes: log
+    ``seen <state> <calls>`` from the listener, ``done`` once it has run."""
+    log = _Log(out_dir)
+    breaker = lessor.connect().breaker("api")
+    answered = threading.Event()
+
+    def listener(_name: str, _old: str, new: str) -> None:
+        stats = breaker.stats()  # a round trip from inside a listener
+        log.write("seen", new, stats.calls)
+        answered.set()
+
+    breaker.on_state_change(listener)
+    log.write("ready")
+    if not answered.wait(60):
+        raise TimeoutError("the listener never finished")
+    log.write("done")
