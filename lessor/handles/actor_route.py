@@ -9,6 +9,7 @@ the handles of the other actor kinds.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -100,11 +101,18 @@ class ActorRoute:
         """Send a request and wait for its answer; errors come back raised."""
         wait = REQUEST_TIMEOUT if timeout is None else timeout
         reply = OneShot()
-        self._actor(wait).deliver(message, reply, holder or self._holder())
+        holder = holder or self._holder()
+        self._actor(wait).deliver(message, reply, holder)
         try:
             return reply.get(wait)
         except TimeoutError:
+            self.cancel(reply, holder)
             raise self.closed(f"{self.label} did not answer in {wait:g}s") from None
+        except LessorError:
+            raise
+        except BaseException:  # interrupted while waiting (KeyboardInterrupt): lose nothing
+            self.cancel(reply, holder)
+            raise
 
     def tell(self, message: Message) -> None:
         """Send without waiting for the answer; a refusal is logged by the actor."""
@@ -123,4 +131,12 @@ class ActorRoute:
         return True
 
     def cancel(self, reply: Any, holder: Holder) -> None:
-        """A worker gave up waiting; requests that hold nothing need no undoing."""
+        """The caller (here, or a worker) gave up waiting: if an answer came anyway,
+        undo what it granted."""
+        if reply.cancel():
+            return
+        with contextlib.suppress(Exception):
+            self.undo(reply.result(), holder)
+
+    def undo(self, answer: Any, holder: Holder) -> None:
+        """Give back what ``answer`` granted ``holder``; most answers grant nothing."""

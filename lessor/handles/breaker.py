@@ -406,12 +406,7 @@ class BreakerTarget(ActorRoute):
 
     kind = "breaker"
 
-    def cancel(self, reply: Any, holder: Holder) -> None:
-        """A worker gave up on a Probe: a permit granted anyway goes back."""
-        cancel = getattr(reply, "cancel", None)
-        if cancel is None or cancel():
-            return
-        with contextlib.suppress(Exception):
-            permit = reply.result()
-            if isinstance(permit, ProbePermit):
-                self.deliver(ProbeResult(self.name, permit.probe, IGNORED), None, holder)
+    def undo(self, answer: Any, holder: Holder) -> None:
+        """A probe permit its caller never saw (it gave up, or was interrupted) goes back."""
+        if isinstance(answer, ProbePermit):
+            self.deliver(ProbeResult(self.name, answer.probe, IGNORED), None, holder)

@@ -509,3 +509,28 @@ def test_a_probe_permit_outlives_a_restart_of_the_actor(runtime: Runtime) -> Non
     assert wait_until(lambda: breaker.state == "closed", timeout=STATE_BOUND)
     stats = breaker.stats()
     assert (stats.probes, stats.probes_out, stats.trips) == (1, 0, 1)
+
+
+def test_a_probe_permit_its_caller_gave_up_on_goes_back() -> None:
+    """A caller interrupted (or timed out) while asking for a probe never sees its
+    permit: the route cancels the reply, and a permit that came anyway is given back."""
+    from lessor.actors.reply import OneShot
+    from lessor.holder import current_holder
+    from lessor.protocol.messages import Probe, ProbePermit
+
+    with Runtime(handle_signals=False) as runtime:
+        breaker = runtime.add_breaker(BreakerSpec("api", half_open_calls=1, open_duration=30))
+        breaker.force_open()
+        target = runtime._breakers.targets["api"]
+        actor = target._actor(1.0)
+        actor.in_turn(lambda: actor.core._move(0.0, "half_open"))  # as if open had ended
+
+        reply = OneShot()
+        target.deliver(Probe("api"), reply, current_holder())
+        assert isinstance(reply.get(5), ProbePermit)
+        assert breaker.stats().probes_out == 1
+        target.cancel(reply, current_holder())  # the answer won the race: undo it
+        assert breaker.stats().probes_out == 0
+        again = OneShot()
+        target.deliver(Probe("api"), again, current_holder())
+        assert isinstance(again.get(5), ProbePermit)  # the one permit is free again
