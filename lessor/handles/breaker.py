@@ -49,7 +49,7 @@ from lessor.protocol.messages import (
 )
 from lessor.specs import BreakerSpec
 
-__all__ = ["Breaker", "BreakerRoute", "BreakerTarget"]
+__all__ = ["Breaker", "BreakerRoute"]
 
 log = logging.getLogger("lessor.breaker")
 
@@ -398,15 +398,3 @@ class Breaker:
 
     def __repr__(self) -> str:
         return f"Breaker({self.name!r}, {self.state})"
-
-
-class BreakerTarget(ActorRoute):
-    """The breaker's actor in this process: what in-process handles ask and what the
-    runtime's node delivers workers' requests to."""
-
-    kind = "breaker"
-
-    def undo(self, answer: Any, holder: Holder) -> None:
-        """A probe permit its caller never saw (it gave up, or was interrupted) goes back."""
-        if isinstance(answer, ProbePermit):
-            self.deliver(ProbeResult(self.name, answer.probe, IGNORED), None, holder)

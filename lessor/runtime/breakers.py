@@ -9,13 +9,29 @@ from collections.abc import Callable
 from typing import Any
 
 from lessor.actors.breaker import BreakerActor, BreakerLineage
+from lessor.core.breaker import IGNORED
 from lessor.errors import LessorError, NoSuchBreaker
-from lessor.handles.breaker import Breaker, BreakerTarget
+from lessor.handles.actor_route import ActorRoute
+from lessor.handles.breaker import Breaker
+from lessor.holder import Holder
+from lessor.protocol.messages import ProbePermit, ProbeResult
 from lessor.specs import BreakerSpec, ChildSpec, Restart
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import EventLog
 
-__all__ = ["Breakers"]
+__all__ = ["BreakerTarget", "Breakers"]
+
+
+class BreakerTarget(ActorRoute):
+    """The breaker's actor in this process: what in-process handles ask and what the
+    runtime's node delivers workers' requests to."""
+
+    kind = "breaker"
+
+    def undo(self, answer: Any, holder: Holder) -> None:
+        """A probe permit its caller never saw (it gave up, or was interrupted) goes back."""
+        if isinstance(answer, ProbePermit):
+            self.deliver(ProbeResult(self.name, answer.probe, IGNORED), None, holder)
 
 
 class Breakers:
