@@ -220,5 +220,9 @@ def plainly_valid(timeout: float | None, priority: int, ttl: float | None) -> bo
         ttl is None
         and type(priority) is int
         and -_INT64 <= priority < _INT64
-        and (timeout is None or (type(timeout) in (int, float) and 0 < timeout < _INF))
+        and (
+            timeout is None
+            or (type(timeout) is float and 0 < timeout < _INF)
+            or (type(timeout) is int and 0 < timeout < _INT64)  # (an int must fit msgpack)
+        )
     )

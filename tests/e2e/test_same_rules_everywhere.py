@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lessor import (
@@ -65,6 +65,7 @@ def test_a_bad_acquire_is_refused_alike_by_every_handle(
     assert pool.stats().acquired >= 1
 
 
+@example(timeout=2**64, priority=0, ttl=None)  # an int past msgpack's, once found at random
 @given(
     timeout=st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=2),
     priority=st.none() | st.booleans() | st.integers() | st.floats(),
