@@ -12,6 +12,8 @@ __all__ = [
     "AcquireTimeout",
     "ActorRestarted",
     "ActorStopped",
+    "Backpressure",
+    "BatchItemFailed",
     "BreakerOpen",
     "DoubleRelease",
     "ExpiredLease",
@@ -19,6 +21,7 @@ __all__ = [
     "LeaseError",
     "LessorError",
     "MapTimeout",
+    "NoSuchBatcher",
     "NoSuchBreaker",
     "NoSuchPool",
     "NotPortable",
@@ -64,6 +67,26 @@ class NotPortable(LessorError):
 
 class NoSuchPool(LessorError):
     """A message named a pool that is not the one it was sent to."""
+
+
+class NoSuchBatcher(LessorError):
+    """No batcher of that name (a worker knows those its runtime had when it was spawned)."""
+
+
+class Backpressure(LessorError):
+    """A batcher's queue stayed full for the whole of a submit's timeout."""
+
+
+class BatchItemFailed(LessorError):
+    """A worker's item failed in the runtime's processor; ``error_type`` names the
+    exception the processor gave it (its text is this error's)."""
+
+    def __init__(self, text: str, error_type: str = "") -> None:
+        super().__init__(text)
+        self.error_type = error_type
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.error_type))
 
 
 class NoSuchBreaker(LessorError):
