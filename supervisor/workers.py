@@ -34,7 +34,8 @@ import pykka
 
 from lessor.errors import LessorError, WorkersFailed
 from lessor.protocol.messages import Drain
-from lessor.specs import Backoff, Restart, _nonempty, _positive, _require
+from lessor.specs import Backoff, Restart
+from lessor.specs.checks import nonempty, positive, require
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
 from lessor.supervisor.supervisor import DelayedRestarts, RestartsDue
@@ -75,21 +76,22 @@ class WorkerSpec:
     #: ``max_seconds`` a crash loop is slowed down for good rather than given up on.
     backoff: Backoff | None = None
     env: dict[str, str] = field(default_factory=dict)
-    #: Process-scoped pool specs each worker runs its own pool of.
+    #: Process-scoped pool specs each worker runs its own pool of; breaker specs and
+    #: batcher limits, for its handles (``connect().breaker(name)``, ``.batcher(name)``).
     pools: dict[str, Any] = field(default_factory=dict)
-    #: Breaker specs, for the workers' handles (``connect().breaker(name)``).
     breakers: dict[str, Any] = field(default_factory=dict)
+    batchers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _nonempty("id", self.id)
-        _require(callable(self.target), "target", "must be callable", self.target)
-        _require(isinstance(self.n, int) and self.n >= 1, "n", "must be an int >= 1", self.n)
-        _require(self.restart in ("permanent", "transient", "temporary"), "restart",
-                 "must be permanent, transient or temporary", self.restart)  # fmt: skip
-        _require(isinstance(self.max_restarts, int) and self.max_restarts >= 0, "max_restarts",
+        nonempty("id", self.id)
+        require(callable(self.target), "target", "must be callable", self.target)
+        require(isinstance(self.n, int) and self.n >= 1, "n", "must be an int >= 1", self.n)
+        require(self.restart in ("permanent", "transient", "temporary"), "restart",
+                "must be permanent, transient or temporary", self.restart)  # fmt: skip
+        require(isinstance(self.max_restarts, int) and self.max_restarts >= 0, "max_restarts",
                  "must be an int >= 0", self.max_restarts)  # fmt: skip
-        _positive("max_seconds", self.max_seconds)
-        _require(self.backoff is None or isinstance(self.backoff, Backoff), "backoff",
+        positive("max_seconds", self.max_seconds)
+        require(self.backoff is None or isinstance(self.backoff, Backoff), "backoff",
                  "must be a Backoff or None", self.backoff)  # fmt: skip
 
 
@@ -245,6 +247,7 @@ class WorkerGroup(pykka.ThreadingActor):
                 env,
                 self.spec.pools,
                 self.spec.breakers,
+                self.spec.batchers,
             ),
             name=f"lessor-{slot.worker_id}",
         )
