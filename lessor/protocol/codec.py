@@ -17,6 +17,7 @@ hints: construction and decoding run on every request.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import types
 import typing
@@ -33,8 +34,10 @@ __all__ = [
     "encode",
     "from_parts",
     "message",
+    "one_of",
     "pack",
     "seal",
+    "seconds",
     "to_parts",
     "unchecked",
     "unpack",
@@ -79,6 +82,20 @@ def message(tag: int) -> Callable[[_M], _M]:
     return register
 
 
+def one_of(msg: Message, name: str, allowed: tuple[Any, ...]) -> None:
+    """A value rule: field ``name`` is one of ``allowed`` (ValueError naming it)."""
+    if (value := getattr(msg, name)) not in allowed:
+        raise ValueError(f"{type(msg).__name__}.{name} must be one of {allowed}, got {value!r}")
+
+
+def seconds(msg: Message, name: str, value: float | None) -> None:
+    """A value rule for a duration: a finite number of seconds > 0 (None: a default)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{type(msg).__name__}.{name} must be a finite number > 0 or None, got {value!r}"
+        )
+
+
 # -- field checks ----------------------------------------------------------------------
 
 _Check = Callable[[Any], bool]
@@ -104,6 +121,8 @@ def _compile(hint: Any) -> _Check:
         checks = tuple(_compile(a) for a in args)
         return lambda v: any(c(v) for c in checks)
     if origin is list:
+        if args[0] is Any:  # (no per-item walk: a Submit carries hundreds of items)
+            return lambda v: type(v) is list
         item = _compile(args[0])
         return lambda v: type(v) is list and all(item(x) for x in v)
     if origin is dict:

@@ -17,7 +17,6 @@ stable integers: never renumber one, only add new ones. The machinery is in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from lessor.protocol.codec import (
     message,
     pack,
     seal,
+    seconds,
     to_parts,
     unpack,
 )
@@ -39,11 +39,13 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "Acquire",
+    "BatcherStats",
     "BreakerState",
     "BreakerStats",
     "Describe",
     "Drain",
     "ErrorReply",
+    "FlushBatcher",
     "ForceBreaker",
     "GetStats",
     "GiveBack",
@@ -60,6 +62,8 @@ __all__ = [
     "ProbeResult",
     "Release",
     "Renew",
+    "Results",
+    "Submit",
     "Task",
     "TaskResult",
     "WatchBreaker",
@@ -91,8 +95,8 @@ class Acquire(Message):
     ttl: float | None = None
 
     def __post_init__(self) -> None:
-        _seconds(self, "timeout", self.timeout)
-        _seconds(self, "ttl", self.ttl)
+        seconds(self, "timeout", self.timeout)
+        seconds(self, "ttl", self.ttl)
         if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
             raise ValueError(f"Acquire.priority must be a 64-bit int, got {self.priority!r}")
 
@@ -115,7 +119,7 @@ class Renew(Message):
     ttl: float
 
     def __post_init__(self) -> None:
-        _seconds(self, "ttl", self.ttl)
+        seconds(self, "ttl", self.ttl)
 
 
 @message(4)
@@ -269,132 +273,28 @@ class PoolInfo(Message):
     max_size: int
 
     def __post_init__(self) -> None:
-        _seconds(self, "acquire_timeout", self.acquire_timeout)
+        seconds(self, "acquire_timeout", self.acquire_timeout)
         if self.max_size < 1:
             raise ValueError(f"PoolInfo.max_size must be >= 1, got {self.max_size!r}")
 
 
-_BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")  # core.breaker
-
-
-@message(17)
-@dataclass(frozen=True, slots=True)
-class WatchBreaker(Message):
-    """Subscribe the sender to a breaker's changes (pushed); answered with its state."""
-
-    breaker: str
-
-
-@message(18)
-@dataclass(frozen=True, slots=True)
-class BreakerState(Message):
-    """Pushed on every change; ``generation`` grows with each, ``until`` (monotonic s) ends open."""
-
-    breaker: str
-    state: str
-    generation: int
-    until: float | None
-
-    def __post_init__(self) -> None:
-        _one_of(self, "state", _BREAKER_STATES)
-
-
-@message(19)
-@dataclass(frozen=True, slots=True)
-class Outcomes(Message):
-    """A handle's outcomes under ``generation``, a byte per call (bit 0 failed, 1 slow, 2
-    ignored), and how many calls it refused."""
-
-    breaker: str
-    generation: int
-    codes: bytes
-    rejected: int = 0
-
-    def __post_init__(self) -> None:
-        if self.rejected < 0 or self.codes.translate(None, bytes(range(8))):  # not in 0-7
-            raise ValueError("Outcomes: codes are 0-7 and rejected is >= 0")
-
-
-@message(20)
-@dataclass(frozen=True, slots=True)
-class Probe(Message):
-    """In half-open: ask for a permit to make one probe call (BreakerOpen if none)."""
-
-    breaker: str
-
-
-@message(21)
-@dataclass(frozen=True, slots=True)
-class ProbePermit(Message):
-    """A probe permit; its call's outcome goes back as ProbeResult."""
-
-    breaker: str
-    probe: int
-    generation: int
-
-
-@message(22)
-@dataclass(frozen=True, slots=True)
-class ProbeResult(Message):
-    """How probe ``probe`` went (an outcome code; IGNORED gives the permit back)."""
-
-    breaker: str
-    probe: int
-    code: int
-
-    def __post_init__(self) -> None:
-        _one_of(self, "code", tuple(range(8)))
-
-
-@message(23)
-@dataclass(frozen=True, slots=True)
-class ForceBreaker(Message):
-    """The operator: ``forced_open``, ``disabled``, or ``closed`` (reset the breaker)."""
-
-    breaker: str
-    state: str
-
-    def __post_init__(self) -> None:
-        _one_of(self, "state", ("closed", "forced_open", "disabled"))
-
-
-@message(24)
-@dataclass(frozen=True, slots=True)
-class BreakerStats(Message):
-    """Counts since made; rates (%) over the window, -1 below ``minimum_calls``."""
-
-    breaker: str
-    state: str
-    generation: int
-    time_in_state_s: float
-    calls: int
-    failures: int
-    slow_calls: int
-    rejected: int
-    ignored: int
-    trips: int
-    probes: int
-    probes_out: int
-    window_calls: int
-    failure_rate: float
-    slow_call_rate: float
-    subscribers: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS[BreakerStats]}
-
-
-def _one_of(msg: Message, name: str, allowed: tuple[Any, ...]) -> None:
-    if (value := getattr(msg, name)) not in allowed:
-        raise ValueError(f"{type(msg).__name__}.{name} must be one of {allowed}, got {value!r}")
-
-
-def _seconds(msg: Message, name: str, value: float | None) -> None:
-    """A duration: a finite number of seconds > 0 (None: the pool's default)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{type(msg).__name__}.{name} must be a finite number > 0 or None, got {value!r}"
-        )
-
+# The other actors' messages: declared in their own modules, registered in the same
+# codec, and imported from here like every other message.
+from lessor.protocol.batch_messages import (  # noqa: E402
+    BatcherStats,
+    FlushBatcher,
+    Results,
+    Submit,
+)
+from lessor.protocol.breaker_messages import (  # noqa: E402
+    BreakerState,
+    BreakerStats,
+    ForceBreaker,
+    Outcomes,
+    Probe,
+    ProbePermit,
+    ProbeResult,
+    WatchBreaker,
+)
 
 seal()
