@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import select
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing import connection as mpc
-from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection
 from typing import Any
 
-from lessor import errors
 from lessor.errors import ActorStopped, LessorError, ProtocolError
 from lessor.protocol import wire
-from lessor.protocol.messages import ErrorReply, Hello, Message
+from lessor.protocol.messages import ErrorReply, Message
 from lessor.protocol.wire import Kind
-from lessor.transport.node import HANDSHAKE_TIMEOUT
+from lessor.transport.handshake import error_from_reply, open_connection
 from lessor.transport.spin import SpinBudget
 
 __all__ = ["IDLE_BEFORE_READING", "MAX_WAIT", "RuntimeConnection", "open_connection"]
@@ -44,40 +41,6 @@ MAX_WAIT = 86400.0
 IDLE_BEFORE_READING = 0.01
 
 
-def open_connection(
-    address: str, authkey: bytes, worker_id: str, timeout: float = HANDSHAKE_TIMEOUT
-) -> Connection:
-    """Connect to a runtime's node as ``worker_id``, whose key is ``authkey``.
-
-    HELLO first (it names the worker, so the node knows which key to expect), then
-    each side proves it holds that key, then the node answers HELLO or refuses.
-    """
-    conn = mpc.Client(address, family="AF_UNIX")
-    try:
-        timed = wire.Deadline(conn, time.monotonic() + timeout)
-        conn.send_bytes(
-            wire.frame(Kind.HELLO, 0, "", Hello(wire.PROTOCOL_VERSION, worker_id, os.getpid()))
-        )
-        answer_challenge(timed, authkey)  # type: ignore[arg-type]
-        deliver_challenge(timed, authkey)  # type: ignore[arg-type]
-        kind, _, _, answer = wire.parse(timed.recv_bytes(wire.MAX_FRAME))
-        if kind != Kind.HELLO:
-            text = answer.text if isinstance(answer, ErrorReply) else "no HELLO"
-            raise ProtocolError(f"runtime refused the connection: {text}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _error(reply: ErrorReply) -> LessorError:
-    """The lessor error an ERROR frame names (LessorError if it names none we know)."""
-    cls = getattr(errors, reply.error, None)
-    if not (isinstance(cls, type) and issubclass(cls, LessorError)):
-        cls = LessorError
-    return cls(reply.text)
-
-
 class _Waiter:
     """One pending request: answered by whichever thread reads its reply.
 
@@ -86,15 +49,28 @@ class _Waiter:
     loses finds the answer in ``value``/``error``.
     """
 
-    __slots__ = ("claim", "done", "error", "request", "target", "value")
+    __slots__ = ("claim", "done", "error", "on_answer", "request", "target", "value")
 
-    def __init__(self, target: str, request: Message) -> None:
+    def __init__(
+        self,
+        target: str,
+        request: Message,
+        on_answer: Callable[[Any, BaseException | None], None] | None = None,
+    ) -> None:
         self.claim = [True]
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
         self.target = target
         self.request = request
+        self.on_answer = on_answer  # set: nobody waits; the reader calls it
+
+    def call(self) -> None:
+        """Hand the answer to ``on_answer`` (see :meth:`RuntimeConnection.ask_later`)."""
+        try:
+            self.on_answer(self.value, self.error)  # type: ignore[misc]
+        except Exception:
+            log.exception("connection: an answer handler failed")
 
 
 class RuntimeConnection:
@@ -184,6 +160,27 @@ class RuntimeConnection:
         if waiter.error is not None:  # (answered, possibly at the very last moment)
             raise waiter.error
         return waiter.value
+
+    def ask_later(
+        self,
+        target: str,
+        message: Message,
+        on_answer: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Send a request nobody waits for (no timeout: the runtime answers it).
+        ``on_answer(value, error)`` runs once, on the reading thread: keep it short."""
+        corr = next(self._ids)
+        data = wire.frame(Kind.ASK, corr, target, message)
+        waiter = _Waiter(target, message, on_answer)
+        with self._cv:
+            if self.lost:
+                raise ActorStopped("the runtime is gone")
+            self._pending[corr] = waiter
+        try:
+            self.send(data)
+        except BaseException:
+            if self._pending.pop(corr, None) is not None:  # (else _lose answered it)
+                raise
 
     def tell(self, target: str, message: Message) -> None:
         """Send ``message`` one way: nothing comes back for it."""
@@ -312,7 +309,7 @@ class RuntimeConnection:
                 self._unclaimed(gone, message)
             return
         if kind == Kind.ERROR:
-            waiter.error = error or (_error(message) if isinstance(message, ErrorReply)
+            waiter.error = error or (error_from_reply(message) if isinstance(message, ErrorReply)
                                      else ProtocolError("a malformed error reply"))  # fmt: skip
         else:
             waiter.value = message
@@ -323,6 +320,9 @@ class RuntimeConnection:
                 self._unclaimed(waiter, message)
             return
         waiter.done = True
+        if waiter.on_answer is not None:
+            waiter.call()
+            return
         if self._following:
             with self._cv:
                 self._cv.notify_all()
@@ -370,6 +370,7 @@ class RuntimeConnection:
                 return
             self.lost = True
             gone = ActorStopped("the runtime is gone")
+            later: list[_Waiter] = []
             for waiter in self._pending.values():
                 waiter.error = gone  # (before the claim: an asker that loses it reads this)
                 try:
@@ -377,10 +378,14 @@ class RuntimeConnection:
                 except IndexError:
                     continue
                 waiter.done = True
+                if waiter.on_answer is not None:
+                    later.append(waiter)
             self._pending.clear()
             self._cancelled.clear()
             self._cv.notify_all()
             self._idle.notify_all()
+        for waiter in later:
+            waiter.call()
         if not self.closing:  # (the owner says so: it knows what happens next)
             self._on_lost()
 
