@@ -7,10 +7,13 @@ messages work in-process through pykka and across processes as msgpack frames.
 
 from __future__ import annotations
 
+from lessor.core.batch_decisions import BatchEvent
 from lessor.errors import (
     AcquireTimeout,
     ActorRestarted,
     ActorStopped,
+    Backpressure,
+    BatchItemFailed,
     BreakerOpen,
     DoubleRelease,
     ExpiredLease,
@@ -18,6 +21,7 @@ from lessor.errors import (
     LeaseError,
     LessorError,
     MapTimeout,
+    NoSuchBatcher,
     NoSuchBreaker,
     NoSuchPool,
     NotPortable,
@@ -33,12 +37,14 @@ from lessor.errors import (
     WorkersFailed,
 )
 from lessor.factory import CallableFactory, Factory, TokenFactory
+from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.local import start_pool
 from lessor.handles.pool import PoolHandle
 from lessor.holder import bind_actor
 from lessor.protocol.messages import (
     Acquire,
+    BatcherStats,
     BreakerStats,
     Describe,
     GetStats,
@@ -52,7 +58,7 @@ from lessor.protocol.messages import (
     encode,
 )
 from lessor.runtime.runtime import Runtime, ShutdownReport
-from lessor.specs import Backoff, BreakerSpec, ChildSpec, PoolSpec, SupervisorSpec
+from lessor.specs import Backoff, BatchSpec, BreakerSpec, ChildSpec, PoolSpec, SupervisorSpec
 from lessor.supervisor.child import ChildRef
 from lessor.worker.client import Client, connect
 
@@ -64,6 +70,12 @@ __all__ = [
     "ActorRestarted",
     "ActorStopped",
     "Backoff",
+    "Backpressure",
+    "BatchEvent",
+    "BatchItemFailed",
+    "BatchSpec",
+    "Batcher",
+    "BatcherStats",
     "Breaker",
     "BreakerOpen",
     "BreakerSpec",
@@ -83,6 +95,7 @@ __all__ = [
     "LeaseExpired",
     "LessorError",
     "MapTimeout",
+    "NoSuchBatcher",
     "NoSuchBreaker",
     "NoSuchPool",
     "NotPortable",

@@ -21,6 +21,7 @@ EventKind = Literal[
     "started", "failed", "exited", "restarted", "removed", "gave_up", "escalated",
     "stopped", "killed", "lease_reclaimed",
     "breaker_state",
+    "batch_failed",
 ]  # fmt: skip
 _LEVELS = {"failed": logging.WARNING, "gave_up": logging.ERROR, "escalated": logging.ERROR,
            "killed": logging.WARNING}  # fmt: skip

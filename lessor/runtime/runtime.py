@@ -21,12 +21,14 @@ from typing import Any, cast
 
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.errors import NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.cached import CachedRoute
 from lessor.handles.local import LocalRoute
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
 from lessor.protocol.messages import Lease
+from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
 from lessor.runtime.outcome import GroupOutcome
 from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
@@ -35,6 +37,7 @@ from lessor.runtime.signals import SignalHooks
 from lessor.runtime.workers import WorkerProcesses
 from lessor.specs import (
     Backoff,
+    BatchSpec,
     BreakerSpec,
     ChildSpec,
     PoolSpec,
@@ -79,6 +82,7 @@ class Runtime(WorkerProcesses):
         self._pools: dict[str, PoolHandle] = {}
         self._caches: dict[str, PoolHandle] = {}  # pool -> its cached handle, if made
         self._breakers = Breakers()
+        self._batchers = Batchers()
         self._node: Node | None = None
         self._outcomes: dict[ChildRef, GroupOutcome] = {}
         self._process_specs: dict[str, PoolSpec] = {}
@@ -152,6 +156,24 @@ class Runtime(WorkerProcesses):
     def breaker(self, name: str) -> Breaker:
         """Breaker ``name`` (NoSuchBreaker if none)."""
         return self._breakers.get(name)
+
+    def add_batcher(
+        self, spec: BatchSpec, *, restart: Restart = "permanent", shutdown: float = 5.0
+    ) -> Batcher:
+        """Start a supervised batch processor fed by this process and its workers.
+
+        Add batchers before spawning workers: what their handles need travels with them.
+        """
+        self._check()
+        handle, target = self._batchers.add(spec, self.add_child, self.event_log, restart, shutdown)
+        with self._lock:
+            if self._node is not None:
+                self._node.register(f"batcher:{spec.name}", target)
+        return handle
+
+    def batcher(self, name: str) -> Batcher:
+        """Batcher ``name`` (NoSuchBatcher if none)."""
+        return self._batchers.get(name)
 
     def add_child(self, spec: ChildSpec) -> ChildRef:
         """Start any supervised child: a pykka actor class or a nested SupervisorSpec."""
@@ -262,6 +284,7 @@ class Runtime(WorkerProcesses):
         reclaimed: list[Lease] = []
         from_caller: list[Lease] = []
         killed: list[str] = []
+        unflushed: dict[str, int] = {}
         interrupted: KeyboardInterrupt | None = None
         try:
             log.info("shutting down: draining for up to %.3gs", deadline - began)
@@ -275,9 +298,15 @@ class Runtime(WorkerProcesses):
             for cache in caches:  # nothing parks now; the caller's leases come back
                 cache.drain(caller)
             self._breakers.close()  # their last outcomes, while the breakers still run
+            self._batchers.drain()  # from now on every item runs at once
+
+            def settle() -> None:  # the workers are gone: what they handed in runs
+                self._batchers.wait_idle(deadline, self._hurry)
+                unflushed.update(self._batchers.fail_outstanding())
+
             try:
                 reclaimed, from_caller, killed = drain(
-                    self._root, live(handles), live(groups), deadline, self._hurry, caller
+                    self._root, live(handles), live(groups), deadline, self._hurry, caller, settle
                 )
             except KeyboardInterrupt as exc:
                 # A Ctrl-C this runtime does not handle itself (handle_signals=False, or
@@ -287,8 +316,10 @@ class Runtime(WorkerProcesses):
                 self._hurry.set()
                 log.warning("interrupted during shutdown: stopping at once")
                 reclaimed, from_caller, killed = drain(
-                    self._root, live(handles), live(groups), deadline, self._hurry, caller
+                    self._root, live(handles), live(groups), deadline, self._hurry, caller, settle
                 )
+            for name, count in self._batchers.close().items():  # the tree has stopped
+                unflushed[name] = unflushed.get(name, 0) + count
             for cache in caches:
                 cache.close()
             if self._node is not None:
@@ -297,7 +328,9 @@ class Runtime(WorkerProcesses):
         finally:
             with self._lock:
                 from_caller += self._from_caller  # and those of callers that came meanwhile
-                report = make_report(began, reclaimed, killed, self._failure, from_caller)
+                report = make_report(
+                    began, reclaimed, killed, self._failure, from_caller, unflushed
+                )
                 self._report = report
             self._closed.set()
         if interrupted is not None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from threading import Event
 from typing import Any
 
@@ -65,17 +65,20 @@ class ShutdownReport:
     """What a shutdown did. ``reclaimed``: leases still out at the deadline;
     ``reclaimed_from_caller``: leases the shutdown's own caller still held, taken back
     at once (it cannot release them while it waits); ``killed``: children and workers
-    that did not stop in time."""
+    that did not stop in time; ``unflushed``: items each batcher could not process
+    before the deadline (their submitters got RuntimeStopped)."""
 
     reclaimed: tuple[Lease, ...]
     killed: tuple[str, ...]
     duration_s: float
     failure: str | None = None
     reclaimed_from_caller: tuple[Lease, ...] = ()
+    unflushed: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
-        return not (self.reclaimed or self.reclaimed_from_caller or self.killed or self.failure)
+        return not (self.reclaimed or self.reclaimed_from_caller or self.killed or self.failure
+                    or self.unflushed)  # fmt: skip
 
 
 def live(nodes: Iterable[PoolHandle | ChildRef]) -> list[pykka.ActorRef[Any]]:
@@ -95,6 +98,7 @@ def make_report(
     killed: list[str],
     failure: BaseException | None,
     from_caller: list[Lease],
+    unflushed: dict[str, int] | None = None,
 ) -> ShutdownReport:
     report = ShutdownReport(
         tuple(reclaimed),
@@ -102,13 +106,15 @@ def make_report(
         round(time.monotonic() - began, 3),
         None if failure is None else f"{type(failure).__name__}: {failure}",
         tuple(from_caller),
+        dict(unflushed or {}),
     )
     log.info(
-        "shutdown in %.3fs: %d leases reclaimed (%d from the caller), killed %s",
+        "shutdown in %.3fs: %d leases reclaimed (%d from the caller), killed %s, unflushed %s",
         report.duration_s,
         len(reclaimed) + len(from_caller),
         len(from_caller),
         list(killed),
+        report.unflushed,
     )
     return report
 
@@ -129,8 +135,13 @@ def drain(
     deadline: float,
     hurry: Event,
     caller: Holder,
+    settle: Callable[[], None] | None = None,
 ) -> tuple[list[Lease], list[Lease], list[str]]:
-    """Steps 1-4 of ``Runtime.shutdown``: (reclaimed at the deadline, from the caller, killed)."""
+    """Steps 1-4 of ``Runtime.shutdown``: (reclaimed at the deadline, from the caller, killed).
+
+    ``settle`` runs once the workers are gone (or the deadline passed), before anything
+    is reclaimed: the batchers finish what the workers handed in.
+    """
     for pool in pools:  # 1. refuse new Acquires; the caller's own leases come back now
         with contextlib.suppress(pykka.ActorDeadError):
             pool.tell(BeginDrain())
@@ -147,6 +158,8 @@ def drain(
             waits.append(drained)
     for wait in waits:  # 2. everyone has until the deadline, unless hurried
         _wait(wait, deadline, hurry)
+    if settle is not None:
+        settle()
     reclaimed: list[Lease] = []
     for pool in pools:  # 3. take back what is still out, end the stragglers
         with contextlib.suppress(LessorError):

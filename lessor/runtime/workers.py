@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from lessor.errors import LessorError
 from lessor.handles.local import LocalRoute
 from lessor.handles.pool import PoolHandle
+from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
 from lessor.runtime.mapjob import MapJob, map_worker, run_map
 from lessor.runtime.outcome import GroupOutcome
@@ -38,6 +39,7 @@ class WorkerProcesses:
     _node: Node | None
     _pools: dict[str, PoolHandle]
     _breakers: Breakers
+    _batchers: Batchers
     _outcomes: dict[ChildRef, GroupOutcome]
     _process_specs: dict[str, PoolSpec]
     _jobs: itertools.count[int]
@@ -63,6 +65,8 @@ class WorkerProcesses:
                     self._node.register(name, cast(LocalRoute, handle.route))
                 for name, target in self._breakers.targets.items():
                     self._node.register(f"breaker:{name}", target)
+                for name, batcher in self._batchers.targets.items():
+                    self._node.register(f"batcher:{name}", batcher)
             return self._node
 
     def spawn_workers(
@@ -97,7 +101,8 @@ class WorkerProcesses:
         with self._lock:
             pools = dict(self._process_specs)
         spec = WorkerSpec(name, target, n, args, restart, max_restarts, max_seconds, backoff,
-                          pools=pools, breakers=self._breakers.for_workers())  # fmt: skip
+                          pools=pools, breakers=self._breakers.for_workers(),
+                          batchers=self._batchers.for_workers())  # fmt: skip
         outcome = GroupOutcome()
         start = (spec, self.node, self.event_log, f"root/{name}")
         kwargs = {"outcome": outcome, "hurry": self._hurry}

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from lessor.errors import ActorStopped, ShuttingDown
 from lessor.specs import BreakerSpec, PoolSpec
+from lessor.specs.batch import BatchLimits
 from lessor.worker.client import connect
 
 __all__ = ["ENV_TRACEBACK", "Spawned", "check_spawnable", "run_worker"]
@@ -238,6 +239,7 @@ def run_worker(
     env: dict[str, str],
     pools: dict[str, PoolSpec] | None = None,
     breakers: dict[str, BreakerSpec] | None = None,
+    batchers: dict[str, BatchLimits] | None = None,
 ) -> None:
     """Entry point of every worker process; an exception exits it with status 1.
 
@@ -247,7 +249,8 @@ def run_worker(
     (and then not printed to stderr too; it is, if it could not be written).
     ``pools`` are the runtime's process-scoped pools: this worker runs its own pool
     of each (``connect().pool(name)``), under the runtime's global quota; ``breakers``
-    are the runtime's breakers, for ``connect().breaker(name)``.
+    are the runtime's breakers, for ``connect().breaker(name)``, and ``batchers`` what
+    ``connect().batcher(name)`` needs of its batchers.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawner
@@ -257,6 +260,7 @@ def run_worker(
         client = connect()  # also how the worker notices its runtime dying (reader sees EOF)
         client.local_specs.update(pools or {})
         client.breaker_specs.update(breakers or {})
+        client.batcher_limits.update(batchers or {})
         try:
             target(*args)
         except (ShuttingDown, ActorStopped) as exc:

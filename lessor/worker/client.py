@@ -23,8 +23,9 @@ from typing import Any, cast
 
 from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
-from lessor.errors import AcquireTimeout, LessorError, NoSuchBreaker, ProtocolError
+from lessor.errors import AcquireTimeout, LessorError, NoSuchBatcher, NoSuchBreaker, ProtocolError
 from lessor.handles import ops as leases
+from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.lending import LendingRoute
 from lessor.handles.ownership import LeaseLedger
@@ -42,6 +43,7 @@ from lessor.protocol.messages import (
     Release,
 )
 from lessor.specs import BreakerSpec, PoolSpec
+from lessor.specs.batch import BatchLimits
 from lessor.transport.connection import RuntimeConnection, open_connection
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
 from lessor.worker.remote import RemoteActorRoute, RemoteRoute
@@ -66,6 +68,9 @@ class Client:
         #: The runtime's breakers (as they were when this worker was spawned).
         self.breaker_specs: dict[str, BreakerSpec] = {}
         self._breakers: dict[str, Breaker] = {}
+        #: The runtime's batchers (as they were when this worker was spawned).
+        self.batcher_limits: dict[str, BatchLimits] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._breakers_lock = threading.Lock()
         self.ledger: LeaseLedger[LendingRoute] = LeaseLedger(Holder.worker(worker_id, os.getpid()))
         self._handlers: list[Callable[[Message], None]] = []
@@ -101,6 +106,12 @@ class Client:
 
     def tell(self, target: str, message: Message) -> None:
         self._conn.tell(target, message)
+
+    def ask_later(
+        self, target: str, message: Message, on_answer: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        """Send a request nobody waits for (see RuntimeConnection.ask_later)."""
+        self._conn.ask_later(target, message, on_answer)
 
     def acquire_timeout(self, pool: str) -> float:
         """The pool's own ``acquire_timeout``: asked once per pool (Describe), then known."""
@@ -170,6 +181,26 @@ class Client:
             self._breakers[name] = handle
         return handle
 
+    def batcher(self, name: str) -> Batcher:
+        """The runtime's batcher ``name``: items go in frames of many, and each Future
+        gets its item's outcome (see :class:`~lessor.handles.batcher.Batcher`).
+
+        Raises NoSuchBatcher for a batcher the runtime did not have when this worker
+        was spawned.
+        """
+        with self._breakers_lock:
+            handle = self._batchers.get(name)
+            if handle is None:
+                limits = self.batcher_limits.get(name)
+                if limits is None:
+                    raise NoSuchBatcher(
+                        f"no batcher named {name!r} (a worker knows the batchers its runtime "
+                        "had when it was spawned)"
+                    )
+                route = RemoteActorRoute(self, f"batcher:{name}")
+                handle = self._batchers[name] = Batcher(limits, route, in_process=False)
+        return handle
+
     def _local_pool(self, name: str) -> PoolHandle:
         from lessor.handles.local import LocalRoute, start_pool
         from lessor.worker.local_pools import local_spec, quota_holder
@@ -235,6 +266,8 @@ class Client:
 
     def close(self) -> None:
         holders.unsubscribe(self._thread_gone)
+        for batcher in list(self._batchers.values()):
+            batcher.close()  # its last frames; what is still out fails when the link goes
         for breaker in list(self._breakers.values()):
             with contextlib.suppress(LessorError):
                 breaker.close()  # its last outcomes

@@ -68,3 +68,7 @@ class RemoteActorRoute:
 
     def tell(self, message: Message) -> None:
         self.client.tell(self.target, message)
+
+    def send(self, message: Message, pending: Any, wait: float) -> None:
+        """A request nobody waits for: its answer goes to ``pending.answered``."""
+        self.client.ask_later(self.target, message, pending.answered)
