@@ -40,9 +40,10 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from lessor.adapters.postgres_sink import CopySink, InsertSink
 from lessor.factory import Factory, IdleClock
 
-__all__ = ["PostgresFactory"]
+__all__ = ["CopySink", "InsertSink", "PostgresFactory"]
 
 log = logging.getLogger("lessor.postgres")
 
