@@ -136,7 +136,8 @@ class BatchCore:
         sub = _Submission(ticket, holder, items, now + timeout, wants_results)
         out: list[Decision] = []
         if not items:
-            out.append(Answer(ticket, []))
+            if ticket is not None:
+                out.append(Answer(ticket, []))
             return out
         self.waiting.append(sub)
         self._admit(now)
@@ -325,7 +326,7 @@ class BatchCore:
                 reason = "manual"
             elif self.draining:
                 reason = "shutdown"
-            elif now - queue[0].accepted_at >= s.max_wait:
+            elif now >= queue[0].accepted_at + s.max_wait:  # (as next_deadline says it)
                 reason = "time"
             else:
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 __all__ = ["Samples"]
@@ -23,4 +24,5 @@ class Samples:
             return tuple(0.0 for _ in qs)
         ordered = sorted(self._values)
         last = len(ordered) - 1
-        return tuple(ordered[min(last, max(0, round(q * len(ordered)) - 1))] for q in qs)
+        n = len(ordered)
+        return tuple(ordered[min(last, max(0, math.ceil(q * n) - 1))] for q in qs)
