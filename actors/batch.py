@@ -61,11 +61,13 @@ class BatchLineage:
         self.core: BatchCore | None = None
         self.lane: FactoryLane | None = None
         self.report: Callable[[Any], bool] | None = None
+        self.closed = False
 
     def close(self, error: LessorError, now: float) -> int:
         """Once no incarnation will run again: fail what is left with ``error`` (so no
         submitter waits for ever) and stop the processor threads. The count failed."""
         left = 0
+        self.closed = True  # runs still queued on the lane do not start
         if self.core is not None:
             core = self.core
             left = core.pending + core.in_flight_items + core.waiting_items
@@ -240,6 +242,8 @@ class BatchActor(LessorActor):
     def _process(self, run: Run) -> None:
         """On a processor thread: run the batch and report its outcome."""
         spec = self.spec
+        if self._lineage.closed:  # its items failed already (RuntimeStopped)
+            return
         event = BatchEvent(spec.name, run.run, len(run.items), run.attempt, run.reason)
         _hook(spec.on_batch_start, event)
         began = time.perf_counter()

@@ -64,7 +64,7 @@ class BatchRoute(Protocol):
 class _Pending:
     """One Submit (or FlushBatcher) on its way: where its answer goes."""
 
-    __slots__ = ("futures", "handle", "message", "resend_until", "seq")
+    __slots__ = ("claim", "futures", "handle", "message", "resend_until", "seq")
 
     def __init__(self, handle: Batcher, message: Message, futures: list[Future[Any] | None]):
         self.handle = handle
@@ -72,6 +72,7 @@ class _Pending:
         self.futures = futures
         self.seq = 0
         self.resend_until = 0.0
+        self.claim = [True]  # resolved once: the first answer wins (a list pop is atomic)
 
     # the Reply protocol (in-process), and ask_later's answer (workers)
     def set(self, value: Any = None) -> bool:
@@ -174,8 +175,12 @@ class Batcher:
             self._send(_Pending(self, message, futures), wait)
             return
         assert sizes is not None
-        for item, future, size in zip(items, futures, sizes, strict=True):
-            self._buffer(item, future, size, deadline, results)
+        for at, (item, future, size) in enumerate(zip(items, futures, sizes, strict=True)):
+            try:
+                self._buffer(item, future, size, deadline, results)
+            except BaseException:  # interrupted (Ctrl-C): what was not gathered gives its room back
+                self._settled(len(items) - at)
+                raise
 
     def _size(self, index: int, item: Any) -> int:
         try:
@@ -246,6 +251,9 @@ class Batcher:
             self._route.send(pending.message, pending, wait)
         except LessorError as exc:
             self._answered(pending, None, exc)
+        except BaseException as exc:  # interrupted: whether it was accepted is unknown
+            self._resolve(pending, None, exc)
+            raise
 
     # -- answers -----------------------------------------------------------------------
 
@@ -280,6 +288,10 @@ class Batcher:
             self._resolving.schedule(time.monotonic() + RESEND_DELAY)
 
     def _resolve(self, pending: _Pending, value: Any, error: BaseException | None) -> None:
+        try:
+            pending.claim.pop()
+        except IndexError:
+            return  # resolved already (an interrupted send, then the batcher's answer)
         futures = pending.futures
         if error is not None:
             outcomes: list[Any] = [error] * len(futures)
@@ -300,7 +312,12 @@ class Batcher:
                 future.set_result(outcome)
         with self._cond:
             self._open.pop(pending.seq, None)
-            self._outstanding -= len(futures)
+        self._settled(len(futures))
+
+    def _settled(self, n: int) -> None:
+        """``n`` of this handle's items have outcomes: their room is free again."""
+        with self._cond:
+            self._outstanding -= n
             self._cond.notify_all()
 
     def _put_failed(self, error: BaseException) -> None:
