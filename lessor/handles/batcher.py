@@ -144,7 +144,18 @@ class Batcher:
         ProtocolError here and nothing is sent.
         """
         future: Future[Any] = Future()
-        self._hand_in([item], [future], timeout, True)
+        if self._in_process:
+            self._hand_in([item], [future], timeout, True)
+            return future
+        wait = self._wait(timeout)  # a worker's: the common case, without the lists
+        size = self._size(0, item)
+        deadline = time.monotonic() + wait
+        self._take_room(1, deadline)
+        try:
+            self._buffer(item, future, size, deadline, True)
+        except BaseException:
+            self._settled(1)
+            raise
         return future
 
     def submit_many(self, items: Iterable[Any], timeout: float | None = None) -> list[Future[Any]]:
@@ -164,9 +175,7 @@ class Batcher:
     ) -> None:  # fmt: skip
         if not items:
             return
-        wait = self.limits.submit_timeout if timeout is None else timeout
-        if not wait > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        wait = self._wait(timeout)
         sizes = None if self._in_process else [self._size(i, x) for i, x in enumerate(items)]
         deadline = time.monotonic() + wait
         self._take_room(len(items), deadline)
@@ -181,6 +190,12 @@ class Batcher:
             except BaseException:  # interrupted (Ctrl-C): what was not gathered gives its room back
                 self._settled(len(items) - at)
                 raise
+
+    def _wait(self, timeout: float | None) -> float:
+        wait = self.limits.submit_timeout if timeout is None else timeout
+        if not wait > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        return wait
 
     def _size(self, index: int, item: Any) -> int:
         try:
