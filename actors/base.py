@@ -295,9 +295,11 @@ class LessorActor(pykka.ThreadingActor):
 
     def _end_turn(self, drain: bool = True) -> None:
         """Release the turn, then carry out what it decided (on this thread)."""
-        effects = self._effects
+        effects: list[tuple[int, Any, Any]] | None = self._effects
         if effects:
             self._effects = []
+        else:  # (the list stays the actor's: the next turn may fill it as soon as we release)
+            effects = None
         self._turn_lock.release()
         on_main = threading.get_ident() == _MAIN
         if on_main:
