@@ -105,8 +105,7 @@ class ActorRoute:
         self._actor(wait).deliver(message, reply, holder)
         try:
             return reply.get(wait)
-        except TimeoutError:
-            self.cancel(reply, holder)
+        except TimeoutError:  # get() cancelled the reply: a later answer is refused
             raise self.closed(f"{self.label} did not answer in {wait:g}s") from None
         except LessorError:
             raise
