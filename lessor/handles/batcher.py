@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, cast
 
 from lessor import errors
+from lessor.actors.reply import clamp_wait
 from lessor.actors.scheduler import process_scheduler
 from lessor.errors import ActorRestarted, Backpressure, BatchItemFailed, LessorError
 from lessor.holder import Holder
@@ -193,8 +195,8 @@ class Batcher:
 
     def _wait(self, timeout: float | None) -> float:
         wait = self.limits.submit_timeout if timeout is None else timeout
-        if not wait > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not (wait > 0 and math.isfinite(wait)):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         return wait
 
     def _size(self, index: int, item: Any) -> int:
@@ -218,7 +220,7 @@ class Batcher:
                         f"batcher {self.name!r}: {self._outstanding} items of this process "
                         f"still without an outcome (max_pending={most})"
                     )
-                cond.wait(left)
+                cond.wait(clamp_wait(left))
             self._outstanding += n
 
     def _buffer(
@@ -359,7 +361,7 @@ class Batcher:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._cond.wait(clamp_wait(left))
         return True
 
     def stats(self) -> BatcherStats:
