@@ -24,9 +24,10 @@ from typing import Any, cast
 from lessor import holder as holders
 from lessor.actors.base import DEFERRED, Call, LessorActor
 from lessor.actors.pool_messages import HolderGone, Tick
-from lessor.actors.reply import Reply
+from lessor.actors.reply import Reply, answer
 from lessor.actors.scheduler import Scheduler, Timer, process_scheduler
 from lessor.core.breaker import (
+    IGNORED,
     BreakerCore,
     Changed,
     Decision,
@@ -34,7 +35,7 @@ from lessor.core.breaker import (
     ProbeRefused,
 )
 from lessor.errors import ActorRestarted, ActorStopped, LessorError, ProtocolError
-from lessor.holder import Holder
+from lessor.holder import ANONYMOUS, Holder
 from lessor.protocol.messages import (
     BreakerState,
     BreakerStats,
@@ -181,11 +182,17 @@ class BreakerActor(LessorActor):
         for d in decisions:
             match d:
                 case ProbeGranted(ticket, probe, generation):
-                    self.reply(cast(Reply, ticket), ProbePermit(self.spec.name, probe, generation))
+                    permit = ProbePermit(self.spec.name, probe, generation)
+                    self.later(self._hand_permit, cast(Reply, ticket), permit)
                 case ProbeRefused(ticket):  # the state, for a handle whose view is behind
                     self.reply(cast(Reply, ticket), self.state())
                 case Changed():
                     self._push(d)
+
+    def _hand_permit(self, ticket: Reply, permit: ProbePermit) -> None:
+        """After the turn: a permit its asker no longer takes (it timed out) comes back."""
+        if not answer(ticket, permit):
+            self.deliver(ProbeResult(self.spec.name, permit.probe, IGNORED), None, ANONYMOUS)
 
     def _push(self, change: Changed) -> None:
         self._send_all(BreakerState(self.spec.name, change.state, change.generation, change.until))

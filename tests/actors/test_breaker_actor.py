@@ -534,3 +534,23 @@ def test_a_probe_permit_its_caller_gave_up_on_goes_back() -> None:
         again = OneShot()
         target.deliver(Probe("api"), again, current_holder())
         assert isinstance(again.get(5), ProbePermit)  # the one permit is free again
+
+
+def test_a_probe_permit_granted_after_its_asker_timed_out_goes_back(runtime: Runtime) -> None:
+    """The asker's reply was cancelled (its wait timed out) before the actor granted:
+    the grant is refused, and the actor takes the permit back."""
+    from lessor.actors.reply import OneShot
+    from lessor.holder import current_holder
+    from lessor.protocol.messages import Probe
+
+    breaker = runtime.add_breaker(spec(open_duration=0.1, half_open_calls=1))
+    trip(breaker)
+    half_open(breaker)
+    actor = actor_of(breaker._route.actor_ref)  # type: ignore[attr-defined]
+    assert actor is not None
+    gone = OneShot()
+    assert gone.cancel()  # as OneShot.get does when its wait times out
+    actor.deliver(Probe(breaker.name), gone, current_holder())
+    assert wait_until(lambda: breaker.stats().probes_out == 0, timeout=STATE_BOUND)
+    assert breaker.call(lambda: "the one probe") == "the one probe"  # the permit is free
+    assert wait_until(lambda: breaker.state == "closed", timeout=STATE_BOUND)
