@@ -55,13 +55,23 @@ LANE_STOP = 5.0
 class BatchLineage:
     """What a supervised batcher passes from one incarnation to the next: its core (the
     accepted items, their batches and their submitters), its processor threads, and
-    how its runs report back (to whichever incarnation is running then)."""
+    the incarnation its runs report to (the newest, even before its supervisor has
+    marked it running: a run it started may end first)."""
 
     def __init__(self) -> None:
         self.core: BatchCore | None = None
         self.lane: FactoryLane | None = None
-        self.report: Callable[[Any], bool] | None = None
+        self.current: BatchActor | None = None
         self.closed = False
+
+    def report(self, message: Any) -> bool:
+        """A run's outcome, to the newest incarnation; False if that one has failed
+        (the next one runs the batch again)."""
+        actor = self.current
+        if actor is None or not actor.accepting:
+            return False
+        actor.deliver_internal(message)
+        return True
 
     def close(self, error: LessorError, now: float) -> int:
         """Once no incarnation will run again: fail what is left with ``error`` (so no
@@ -138,24 +148,17 @@ class BatchActor(LessorActor):
             lane = process_factory_threads().lane(spec.max_in_flight, f"batch:{spec.name}")
             self._lineage.lane = lane
         self._lane = self._lineage.lane
+        self._lineage.current = self  # (its mailbox holds reports until its start turn)
         self._idle_waiters: list[Event] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def on_start(self) -> None:
         ref = self.actor_ref
-        if self._lineage.report is None:  # not supervised: runs report to this actor
-            self._lineage.report = self._report_here
         self._timer = (self._scheduler or process_scheduler()).timer(lambda: ref.tell(_TICK))
         self._on_holder_gone = lambda holder: ref.tell(HolderGone(holder))
         holders.subscribe(self._on_holder_gone)
         self.in_turn(self._start)
-
-    def _report_here(self, message: Any) -> bool:
-        if not self.accepting:
-            return False
-        self.deliver_internal(message)
-        return True
 
     def _start(self) -> None:
         if self._restarted:  # runs of the last incarnation may never report: again
@@ -253,8 +256,7 @@ class BatchActor(LessorActor):
             outcome = exc
         event = BatchEvent(spec.name, run.run, len(run.items), run.attempt, run.reason,
                            duration_s=time.perf_counter() - began)  # fmt: skip
-        report = self._lineage.report
-        if report is None or not report(_Processed(run.run, outcome, event)):
+        if not self._lineage.report(_Processed(run.run, outcome, event)):
             log.warning("batcher %r: run %d ended with no batcher to take it (it runs again)",
                         spec.name, run.run)  # fmt: skip
 

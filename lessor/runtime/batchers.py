@@ -92,10 +92,6 @@ class BatcherTarget(ActorRoute):
             reply = _WireResults(reply, self.name, message.results)
         super().deliver(message, reply, holder)
 
-    def report(self, message: Any) -> bool:
-        """A processor run's outcome, to whichever incarnation runs now."""
-        return self.deliver_internal(message)
-
 
 class Batchers:
     """Batchers by name; what workers need of them goes to every worker spawned after."""
@@ -120,14 +116,11 @@ class Batchers:
             if spec.name in self._handles:
                 raise ValueError(f"a batcher named {spec.name!r} exists already")
         lineage = BatchLineage()
-        holder: list[BatcherTarget] = []
-        lineage.report = lambda message: bool(holder) and holder[0].report(message)
         kwargs: dict[str, Any] = {"lineage": lineage, "events": events}
         child = add_child(
             ChildSpec(f"batcher:{spec.name}", BatchActor, (spec,), kwargs, restart, shutdown)
         )
         target = BatcherTarget(child, spec.name)
-        holder.append(target)
         handle = Batcher(spec.limits, target, in_process=True)
         with self._lock:
             self._handles[spec.name] = handle
