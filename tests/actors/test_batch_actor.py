@@ -44,6 +44,7 @@ from lessor.core.batch import BatchCore
 from lessor.core.batch_decisions import ProcessorError
 from lessor.errors import ActorRestarted
 from lessor.protocol.messages import BatcherStats
+from tests.support.actors import crash_actor
 from tests.support.helpers import in_thread, wait_until
 
 NAME = "sink"
@@ -116,27 +117,8 @@ def results(futures: list[Future[Any]]) -> list[Any]:
 
 
 def crash(runtime: Runtime, name: str = NAME) -> None:
-    """Make the batcher's actor fail as a bug would (a non-lessor error in a turn), and
-    wait for its supervisor to start the next incarnation."""
-    target = runtime._batchers.targets[name]
-    child = target.target
-    first = target.actor_ref
-    actor = actor_of(first)
-    assert actor is not None
-    handle_internal = actor.handle_internal
-    bug = object()
-
-    def buggy(message: Any) -> Any:  # this incarnation only; the next one is a new object
-        if message is bug:
-            raise RuntimeError("batcher bug")
-        return handle_internal(message)
-
-    actor.handle_internal = buggy  # type: ignore[method-assign]
-    actor.deliver_internal(bug)
-    assert wait_until(
-        lambda: child.ref is not first and child.state == "running",  # type: ignore[union-attr]
-        timeout=BOUND,
-    )
+    """Make the batcher's actor fail as a bug would, and wait for its next incarnation."""
+    crash_actor(runtime._batchers.targets[name], BOUND)
 
 
 # -- every item gets its own result --------------------------------------------------------

@@ -35,10 +35,9 @@ import pytest
 from psycopg import sql
 
 from lessor import Batcher, BatchSpec, Runtime
-from lessor.actors.base import actor_of
 from lessor.adapters.postgres_sink import CopySink, InsertSink
-from lessor.errors import LessorError
 from tests.support import pg
+from tests.support.actors import crash_actor
 from tests.support.helpers import wait_until
 from tests.workers import batch_targets
 
@@ -160,33 +159,6 @@ class Faulty:
             return sum(1 for n in self.written.values() if n > 1)
 
 
-def crash_batcher(runtime: Runtime, name: str) -> None:
-    """Make the batch actor fail as a bug would (a non-lessor error in a turn), and wait
-    until the supervisor runs its next incarnation."""
-    target = runtime._batchers.targets[name]
-    ref = target.current_ref(RESTART_BOUND)
-    actor = actor_of(ref)
-    assert actor is not None
-    handle_internal = actor.handle_internal
-    bug = object()
-
-    def buggy(message: Any) -> Any:  # this incarnation only; the next one is a new object
-        if message is bug:
-            raise RuntimeError("batcher bug")
-        return handle_internal(message)
-
-    actor.handle_internal = buggy  # type: ignore[method-assign]
-    actor.deliver_internal(bug)
-
-    def replaced() -> bool:
-        try:
-            return target.current_ref(0.0) is not ref
-        except LessorError:  # restarting
-            return False
-
-    assert wait_until(replaced, timeout=RESTART_BOUND)
-
-
 def make_sink(kind: str, dsn: str, table: str, key: bool = True) -> InsertSink | CopySink:
     cls = InsertSink if kind == "insert" else CopySink
     return cls(dsn, table, ["id", "worker", "payload"], key=["id"] if key else [],
@@ -250,7 +222,7 @@ def faulty_batcher(
     crashed = threading.Event()
 
     def crash() -> None:
-        crash_batcher(runtime, "rows")
+        crash_actor(runtime._batchers.targets["rows"], RESTART_BOUND)
         crashed.set()
 
     processor.hooks[run.crash_at] = crash

@@ -24,10 +24,9 @@ import pytest
 
 import lessor.supervisor.supervisor as supervisor_module
 from lessor import Backpressure, BatcherStats, BatchSpec, Runtime
-from lessor.actors.base import actor_of
 from lessor.actors.batch import BatchActor
-from lessor.errors import LessorError
 from lessor.supervisor.workers import WorkerPids
+from tests.support.actors import crash_actor
 from tests.support.helpers import wait_until
 from tests.workers import batch_targets
 
@@ -381,33 +380,6 @@ def test_a_killed_workers_accepted_items_still_run_and_its_results_are_dropped(
 # -- the batch actor crashes -------------------------------------------------------------
 
 
-def crash_batcher(runtime: Runtime, name: str) -> None:
-    """Make the batch actor fail as a bug would (a non-lessor error in a turn), and wait
-    until the supervisor runs its next incarnation."""
-    target = runtime._batchers.targets[name]
-    ref = target.current_ref(5.0)
-    actor = actor_of(ref)
-    assert actor is not None
-    handle_internal = actor.handle_internal
-    bug = object()
-
-    def buggy(message: Any) -> Any:  # this incarnation only; the next one is a new object
-        if message is bug:
-            raise RuntimeError("batcher bug")
-        return handle_internal(message)
-
-    actor.handle_internal = buggy  # type: ignore[method-assign]
-    actor.deliver_internal(bug)
-
-    def replaced() -> bool:
-        try:
-            return target.current_ref(0.0) is not ref
-        except LessorError:  # restarting
-            return False
-
-    assert wait_until(replaced, timeout=10)
-
-
 def test_a_batch_rerun_after_a_crash_is_answered_however_fast_it_ends(
     runtime: Runtime, gate: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -446,7 +418,7 @@ def test_a_batch_rerun_after_a_crash_is_answered_however_fast_it_ends(
     futures = batcher.submit_many(range(5))
     assert wait_until(lambda: len(calls) == 1, timeout=5)
     crashed.set()
-    crash_batcher(runtime, "crashy")
+    crash_actor(runtime._batchers.targets["crashy"], 10.0)
     assert rerun_reported.is_set() and calls == [[0, 1, 2, 3, 4]] * 2
     gate.set()  # the first run ends too (its outcome is for an incarnation that is gone)
     try:

@@ -8,8 +8,12 @@ from typing import Any
 import pykka
 
 from lessor import ChildSpec, LeaseExpired, PoolHandle, PoolSpec, Runtime
+from lessor.actors.base import actor_of
 from lessor.actors.pool import PoolActor, PoolLineage
+from lessor.errors import LessorError
+from lessor.handles.actor_route import ActorRoute
 from lessor.handles.local import LocalRoute
+from tests.support.helpers import wait_until
 
 
 class Journal:
@@ -109,3 +113,29 @@ class Borrower(pykka.ThreadingActor):
         if message == "crash":
             raise RuntimeError("borrower crashed")
         return None
+
+
+def crash_actor(route: ActorRoute, timeout: float) -> None:
+    """Make the actor behind ``route`` fail as a bug would (a non-lessor error in a
+    turn), and wait up to ``timeout`` s until its supervisor runs the next incarnation."""
+    ref = route.current_ref(timeout)
+    actor = actor_of(ref)
+    assert actor is not None
+    handle_internal = actor.handle_internal
+    bug = object()
+
+    def buggy(message: Any) -> Any:  # this incarnation only; the next one is a new object
+        if message is bug:
+            raise RuntimeError(f"{route.label} bug")
+        return handle_internal(message)
+
+    actor.handle_internal = buggy  # type: ignore[method-assign]
+    actor.deliver_internal(bug)
+
+    def replaced() -> bool:
+        try:
+            return route.current_ref(0.0) is not ref  # (only a running incarnation is returned)
+        except LessorError:  # restarting
+            return False
+
+    assert wait_until(replaced, timeout=timeout)
