@@ -39,9 +39,11 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "Acquire",
+    "Admission",
     "BatcherStats",
     "BreakerState",
     "BreakerStats",
+    "Cleanup",
     "Describe",
     "Drain",
     "ErrorReply",
@@ -52,6 +54,7 @@ __all__ = [
     "Hello",
     "Lease",
     "LeaseExpired",
+    "MemoryStats",
     "Message",
     "NextTask",
     "Outcomes",
@@ -296,5 +299,6 @@ from lessor.protocol.breaker_messages import (  # noqa: E402
     ProbeResult,
     WatchBreaker,
 )
+from lessor.protocol.memory_messages import Admission, Cleanup, MemoryStats  # noqa: E402
 
 seal()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from lessor.specs.batch import BatchSpec
 from lessor.specs.breaker import BreakerSpec, ErrorFilter
+from lessor.specs.memory import MemorySpec, Thresholds
 from lessor.specs.tree import Backoff, ChildSpec, PoolSpec, Restart, Strategy, SupervisorSpec
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "BreakerSpec",
     "ChildSpec",
     "ErrorFilter",
+    "MemorySpec",
     "PoolSpec",
     "Restart",
     "Strategy",
     "SupervisorSpec",
+    "Thresholds",
 ]
