@@ -65,6 +65,7 @@ from lessor.factory import overrides
 from lessor.holder import Holder
 from lessor.protocol.messages import (
     Acquire,
+    Admission,
     GetStats,
     GiveBack,
     Lease,
@@ -101,6 +102,8 @@ class PoolLineage:
     def __init__(self) -> None:
         self.epochs: list[str] = []
         self.orphans: list[Lease] = []
+        #: Holders whose admission is paused, with why: a restart does not lift a pause.
+        self.paused: dict[str, str] = {}
 
 
 _TICK = Tick()
@@ -150,6 +153,8 @@ class PoolActor(LessorActor):
             orphans=orphans,
         )
         self._lineage.epochs.append(self.epoch)
+        for holder, why in self._lineage.paused.items():
+            self.core.admission(clock(), holder, True, why)  # (nothing queued yet: no decision)
         self._scheduler = scheduler
         self._factory_threads = factory_threads
         self._executor: FactoryLane | None = None
@@ -161,6 +166,7 @@ class PoolActor(LessorActor):
             Release: self._release,
             Renew: self._renew,
             GetStats: self._stats,
+            Admission: self._admission,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -262,6 +268,15 @@ class PoolActor(LessorActor):
     def _renew(self, now: float, call: Call, msg: Renew) -> Lease:
         return self.core.renew(now, msg.lease_id, call.holder, msg.ttl)
 
+    def _admission(self, now: float, call: Call, msg: Admission) -> None:
+        if call.holder.kind == "worker":
+            raise ProtocolError("Admission is the runtime's to decide, not a worker's")
+        if msg.paused:
+            self._lineage.paused[msg.holder] = msg.why or "paused"
+        else:
+            self._lineage.paused.pop(msg.holder, None)
+        self._apply(self.core.admission(now, msg.holder, msg.paused, msg.why))
+
     def _stats(self, _now: float, _call: Call, _msg: GetStats) -> PoolStats:
         return self.core.stats()
 
@@ -289,6 +304,7 @@ class PoolActor(LessorActor):
                 # by the reply and comes back through on_refused.
                 self._apply(core.cancel(now, reply))
             case HolderGone(holder):
+                self._lineage.paused.pop(holder, None)
                 self._apply(core.reclaim_holder(now, holder))
             case BreakerGate(breaker, state, until):
                 self._apply(core.gate(now, breaker, state, until))

@@ -31,7 +31,16 @@ from lessor.errors import LessorError
 from lessor.handles.ops import LeaseOps
 from lessor.handles.ownership import LeaseLedger
 from lessor.holder import current_holder
-from lessor.protocol.messages import Acquire, Drain, GiveBack, Lease, LeaseExpired, Message, Release
+from lessor.protocol.messages import (
+    Acquire,
+    Admission,
+    Drain,
+    GiveBack,
+    Lease,
+    LeaseExpired,
+    Message,
+    Release,
+)
 
 __all__ = ["LendingRoute", "plainly_valid"]
 
@@ -75,6 +84,9 @@ class LendingRoute(LeaseOps):
         self._poll: Callable[[], None] | None = None
         #: The pool's runtime is shutting down: nothing parks (set by a Drain notice).
         self.draining = False
+        #: The memory manager paused this process's admission: nothing parks, so that
+        #: every Acquire goes to the pool, which holds it (an Admission notice).
+        self.paused = False
         #: Wakes an in-process cache to send back what stays parked past ``hold_for``.
         self.sweeper: Timer | None = None
 
@@ -117,7 +129,7 @@ class LendingRoute(LeaseOps):
     def _unlend(self, lease: Lease) -> None:
         with self._lock:
             self._ledger.unlent_locked(lease)
-            parked = self._leases.give_back(lease, False, self.draining)
+            parked = self._leases.give_back(lease, False, self.draining or self.paused)
         if not parked:
             self.tell(Release(lease.id))
 
@@ -130,7 +142,7 @@ class LendingRoute(LeaseOps):
         with self._lock:
             lender = self._ledger.returned_locked(lease, self.name, holder)
             parks = lender is self and self._parks_at_once  # (the common case: one lock)
-            parked = parks and self._leases.give_back(lease, broken, self.draining)
+            parked = parks and self._leases.give_back(lease, broken, self.draining or self.paused)
         if parked:
             self._arm_sweep()
         elif parks:
@@ -152,7 +164,7 @@ class LendingRoute(LeaseOps):
                     self.tell(Release(lease.id, True))
                     raise
             with self._lock:
-                parked = self._leases.give_back(lease, broken, self.draining)
+                parked = self._leases.give_back(lease, broken, self.draining or self.paused)
             if parked:
                 self._arm_sweep()
                 return
@@ -205,6 +217,10 @@ class LendingRoute(LeaseOps):
         elif isinstance(message, Drain):
             self.draining = True
             self.flush()
+        elif isinstance(message, Admission):
+            self.paused = message.paused
+            if message.paused:
+                self.flush()
         elif isinstance(message, LeaseExpired) and message.pool == self.name:
             with self._lock:
                 self._leases.forget(message.lease_id)

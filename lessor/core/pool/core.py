@@ -75,7 +75,7 @@ class PoolCore(PoolState):
         if ticket in queue.queued:
             raise ValueError(f"ticket {ticket!r} is already waiting")
         out: list[Decision] = []
-        if not queue.queued and not self._has_check:  # the common case: served at once
+        if not queue.queued and not self._has_check and (not self._pausing or self.admits(holder)):
             slot = self._slots.take_idle(now, out)
             if slot is not None:
                 self._grant(now, ticket, holder, ttl, now, slot, out)
@@ -262,6 +262,8 @@ class PoolCore(PoolState):
     ) -> list[Decision]:
         """Take back every lease of a holder that is gone, and drop what it was waiting for."""
         gone = LessorError(f"holder {holder} is gone")
+        if self._paused.pop(holder, None) is not None:
+            self._pausing = bool(self._paused)
         out: list[Decision] = [Fail(w.ticket, gone) for w in self._queue.take_holder(holder)]
         for loan in self._ledger.loans_of(holder):
             self._reclaim(now, loan, why, out)
@@ -297,6 +299,23 @@ class PoolCore(PoolState):
         self._gate = None
         out: list[Decision] = []
         self._plan_creates(now, out)
+        return out
+
+    def admission(self, now: float, holder: str, paused: bool, why: str = "") -> list[Decision]:
+        """Pause or resume new grants to ``holder`` ("" is everyone: the machine's memory).
+
+        A paused holder's Acquires queue as usual and time out as usual (saying
+        why); leases it holds stay valid, and releases work. Resuming serves them.
+        """
+        if paused:
+            self._paused[holder] = why or "paused"
+        else:
+            self._paused.pop(holder, None)
+        self._pausing = bool(self._paused)
+        out: list[Decision] = []
+        self._settle(now, out)
+        if paused:
+            self._update_recall(now, out)  # its waiters no longer count as starving
         return out
 
     def stop_admitting(self) -> None:

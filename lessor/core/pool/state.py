@@ -65,6 +65,10 @@ class PoolState:
         self._admitting = True
         #: (breaker, state, until) while the pool's breaker is open: no Acquire, no create
         self._gate: tuple[str, str, float | None] | None = None
+        #: Holders granted nothing new for now (the memory manager's Admission), with
+        #: why; the key "" pauses everyone. ``_pausing``: any pause at all (the hot path).
+        self._paused: dict[str, str] = {}
+        self._pausing = False
 
     # -- views -------------------------------------------------------------------------
 
@@ -126,9 +130,27 @@ class PoolState:
     def starved(self) -> bool:
         """Acquires wait and only a release can serve them: time to ask holders to give back.
 
-        Waiters that resources being made right now will serve do not count.
+        Waiters that resources being made right now will serve do not count, nor do
+        waiters whose admission is paused.
         """
-        return self.exhausted and len(self._queue.queued) > self._slots.creating
+        return self.exhausted and self._admitted_waiting() > self._slots.creating
+
+    @property
+    def paused(self) -> dict[str, str]:
+        """Holders whose admission is paused, with why ("" is everyone)."""
+        return dict(self._paused)
+
+    def admits(self, holder: str) -> bool:
+        """Whether ``holder`` may be granted a new lease now."""
+        return not self._pausing or ("" not in self._paused and holder not in self._paused)
+
+    def _admitted_waiting(self) -> int:
+        queued = self._queue.queued
+        if not self._pausing:
+            return len(queued)
+        if "" in self._paused:
+            return 0
+        return sum(1 for w in queued.values() if w.holder not in self._paused)
 
     def stats(self) -> PoolStats:
         return snapshot(
@@ -170,11 +192,15 @@ class PoolState:
     def _dispatch(self, now: float, out: list[Decision]) -> None:
         """Match queued waiters with idle resources, then plan creations for the rest."""
         queue, slots = self._queue, self._slots
+        admits = self.admits if self._pausing else None
         while queue.queued and slots.idle:
+            waiter = queue.pop_best(admits)
+            if waiter is None:  # everyone queued is paused
+                break
             slot = slots.take_idle(now, out)
             if slot is None:
+                queue.requeue(waiter)
                 break
-            waiter = queue.pop_best()
             if self._has_check:
                 queue.serve(slot.id, waiter)
                 slots.check(slot, out)
@@ -185,7 +211,7 @@ class PoolState:
     def _demand(self) -> int:
         slots = self._slots
         resetting = len(slots.checking) - self._queue.serving
-        for_waiters = len(self._queue.queued) - slots.creating - resetting
+        for_waiters = self._admitted_waiting() - slots.creating - resetting
         for_min = self.spec.min_size - len(slots) - slots.creating
         return max(for_waiters, for_min)
 
@@ -245,6 +271,9 @@ class PoolState:
             f"no resource from pool {self.spec.name!r} within {waiter.timeout:g}s "
             f"(size {len(self._slots)}/{self.spec.max_size}, {self.leased} leased)"
         )
+        if not self.admits(waiter.holder):  # say why it got nothing: not a slow pool
+            why = self._paused.get(waiter.holder) or self._paused.get("") or "paused"
+            text += f"; admission is paused by the memory manager: {why}"
         cause = self._backoff.last_error
         if cause is not None:  # name it: "password authentication failed" beats a bare timeout
             text += f"; the factory is failing: {type(cause).__name__}: {cause}".rstrip()

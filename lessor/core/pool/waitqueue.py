@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lessor.holder import Holder
@@ -77,15 +77,27 @@ class WaitQueue:
         heapq.heappush(self._deadlines, (waiter.deadline, seq, waiter))
         self.alarm = min(self.alarm, waiter.deadline)
 
-    def pop_best(self) -> Waiter:
-        """Take the best queued waiter out of the queue (there must be one)."""
+    def pop_best(self, admits: Callable[[Holder], bool] | None = None) -> Waiter | None:
+        """Take the best queued waiter that ``admits`` lets in (any, if None) out of the
+        queue; None if there is none. Waiters passed over keep their place."""
         order = self._order
-        while True:
-            waiter = heapq.heappop(order)[2]
-            if waiter.state == QUEUED:
+        passed: list[tuple[int, int, Waiter]] = []
+        try:
+            while order:
+                entry = heapq.heappop(order)
+                waiter = entry[2]
+                if waiter.state != QUEUED:
+                    continue
+                if admits is not None and not admits(waiter.holder):
+                    passed.append(entry)
+                    continue
                 del self.queued[waiter.ticket]
                 waiter.state = DONE
                 return waiter
+            return None
+        finally:
+            for entry in passed:
+                heapq.heappush(order, entry)
 
     def serve(self, slot: int, waiter: Waiter) -> None:
         """``waiter`` (just popped) waits for the check of ``slot``."""
