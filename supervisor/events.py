@@ -22,9 +22,12 @@ EventKind = Literal[
     "stopped", "killed", "lease_reclaimed",
     "breaker_state",
     "batch_failed",
+    "memory_level", "memory_leak", "memory_leak_over", "memory_cleanup", "memory_pause",
+    "memory_resume", "memory_recycle", "recycling", "recycled",
 ]  # fmt: skip
 _LEVELS = {"failed": logging.WARNING, "gave_up": logging.ERROR, "escalated": logging.ERROR,
-           "killed": logging.WARNING}  # fmt: skip
+           "killed": logging.WARNING, "memory_leak": logging.WARNING,
+           "memory_pause": logging.WARNING, "memory_recycle": logging.WARNING}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
@@ -32,18 +31,25 @@ from typing import Any, Protocol
 
 import pykka
 
+from lessor.actors.scheduler import Timer, process_scheduler
 from lessor.errors import LessorError, WorkersFailed
 from lessor.protocol.messages import Drain
-from lessor.specs import Backoff, Restart
-from lessor.specs.checks import nonempty, positive, require
 from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
 from lessor.supervisor.supervisor import DelayedRestarts, RestartsDue
+from lessor.supervisor.worker_messages import (
+    RecycleWorker,
+    StopWorkers,
+    WorkerInfo,
+    WorkerPids,
+    WorkerSpec,
+    WorkerStatus,
+)
 from lessor.transport.node import Node
 from lessor.worker.bootstrap import ENV_TRACEBACK, Spawned, run_worker
 
-__all__ = ["Outcome", "StopWorkers", "WorkerGroup", "WorkerInfo", "WorkerPids", "WorkerSpec",
-           "WorkerStatus"]  # fmt: skip
+__all__ = ["Outcome", "RecycleWorker", "StopWorkers", "WorkerGroup", "WorkerInfo", "WorkerPids",
+           "WorkerSpec", "WorkerStatus"]  # fmt: skip
 
 #: After SIGTERM, how long a worker gets before SIGKILL.
 TERM_GRACE = 1.0
@@ -51,81 +57,6 @@ TERM_GRACE = 1.0
 DRAIN_PUSH_WAIT = 0.2
 #: The longest a wait goes without looking at the hurry event.
 SLICE = 0.05
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """``n`` processes running ``target(*args)``; ``target`` must be a module-level function.
-
-    Restart options mean what they mean in :class:`~lessor.specs.ChildSpec` and
-    :class:`~lessor.specs.SupervisorSpec`, with every worker a child of the group.
-    """
-
-    id: str
-    target: Callable[..., Any]
-    n: int = 1
-    args: tuple[Any, ...] = ()
-    #: Transient: a worker that returns (status 0) is done, one that fails is restarted
-    #: (permanent would run a finished batch job again, for ever).
-    restart: Restart = "transient"
-    #: More than ``max_restarts`` restarts within ``max_seconds`` (s): WorkersFailed.
-    max_restarts: int = 10
-    max_seconds: float = 10.0
-    #: Delay before each restart (``min``/``max`` in s, ``jitter`` a fraction); None: at
-    #: once. Delays grow with the restarts inside the window, so if they add up past
-    #: ``max_seconds`` a crash loop is slowed down for good rather than given up on.
-    backoff: Backoff | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    #: Process-scoped pool specs each worker runs its own pool of; breaker specs and
-    #: batcher limits, for its handles (``connect().breaker(name)``, ``.batcher(name)``).
-    pools: dict[str, Any] = field(default_factory=dict)
-    breakers: dict[str, Any] = field(default_factory=dict)
-    batchers: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        nonempty("id", self.id)
-        require(callable(self.target), "target", "must be callable", self.target)
-        require(isinstance(self.n, int) and self.n >= 1, "n", "must be an int >= 1", self.n)
-        require(self.restart in ("permanent", "transient", "temporary"), "restart",
-                "must be permanent, transient or temporary", self.restart)  # fmt: skip
-        require(isinstance(self.max_restarts, int) and self.max_restarts >= 0, "max_restarts",
-                 "must be an int >= 0", self.max_restarts)  # fmt: skip
-        positive("max_seconds", self.max_seconds)
-        require(self.backoff is None or isinstance(self.backoff, Backoff), "backoff",
-                 "must be a Backoff or None", self.backoff)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPids:
-    """Answered with the pids of the workers running now (not those waiting to restart)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """Answered with one :class:`WorkerInfo` per worker, in slot order."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """One slot's current or last worker. ``running``: its exit is not known yet;
-    ``restarting``: waiting out its backoff; ``done``: exited for good."""
-
-    id: str
-    pid: int | None
-    running: bool
-    restarts: int
-    restarting: bool
-    done: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorkers:
-    """Drain the workers and wait up to ``timeout`` for them to exit; then, if ``kill``,
-    SIGTERM the stragglers and SIGKILL them after TERM_GRACE. No restarts from here on.
-    Answered with the worker ids that had to be terminated or killed."""
-
-    timeout: float
-    kill: bool = True
 
 
 class Outcome(Protocol):
@@ -152,6 +83,15 @@ class _Slot:
     restarts: int = 0
     restarting: bool = False  # waiting out its backoff delay
     done: bool = False  # exited for good (temporary, or transient with status 0)
+    recycling: str = ""  # why, while it is being recycled (RecycleWorker)
+    recycles: int = 0
+    terminated: bool = False  # a recycle sent it SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class _RecycleDue:
+    slot: int
+    incarnation: int
 
 
 class WorkerGroup(pykka.ThreadingActor):
@@ -190,6 +130,7 @@ class WorkerGroup(pykka.ThreadingActor):
         self._stopping = False
         self._watchers: list[threading.Thread] = []
         self._tracebacks = ""  # a private directory the workers leave tracebacks in
+        self._recycle_timers: dict[int, Timer] = {}  # slot -> when to SIGTERM/SIGKILL it
         self.last_traceback = ""
 
     def on_start(self) -> None:
@@ -228,7 +169,12 @@ class WorkerGroup(pykka.ThreadingActor):
                 return [s.pid for s in self.slots if s.process is not None]
             case WorkerStatus():
                 return [WorkerInfo(s.worker_id, s.pid, s.process is not None, s.restarts,
-                                   s.restarting, s.done) for s in self.slots]  # fmt: skip
+                                   s.restarting, s.done, s.recycles)
+                        for s in self.slots]  # fmt: skip
+            case RecycleWorker(worker_id, why, grace):
+                return self._recycle(worker_id, why, grace)
+            case _RecycleDue(index, incarnation):
+                self._recycle_due(self.slots[index], incarnation)
             case _:
                 return super().on_receive(message)
         return None
@@ -302,6 +248,13 @@ class WorkerGroup(pykka.ThreadingActor):
         self.last_traceback = left or self.last_traceback
         abnormal = code != 0
         detail = f"exit code {code}" + (f": {_last_line(left)}" if left else "")
+        if slot.recycling:  # asked for: not a failure, and not one of the restarts
+            self.events.emit("recycled", slot.worker_id, f"{slot.recycling}; {detail}")
+            self._end_recycle(slot)
+            slot.recycles += 1
+            slot.restarts -= 1  # (_restart counts one)
+            self._restart(slot)
+            return
         self.events.emit("failed" if abnormal else "exited", slot.worker_id, detail)
         plan = self.planner.child_exited(
             time.monotonic(), slot.index, abnormal, [self.spec.restart] * len(self.slots),
@@ -332,6 +285,39 @@ class WorkerGroup(pykka.ThreadingActor):
         self._spawn(slot)
         self.events.emit("restarted", slot.worker_id, f"restart {slot.restarts}")
 
+    # -- recycling ---------------------------------------------------------------------
+
+    def _recycle(self, worker_id: str, why: str, grace: float) -> bool:
+        slot = next((s for s in self.slots if s.worker_id == worker_id), None)
+        if slot is None or slot.process is None or slot.recycling or self._stopping:
+            return False
+        slot.recycling = why
+        self.events.emit("recycling", worker_id, why)
+        self.node.push(worker_id, Drain(grace), wait=DRAIN_PUSH_WAIT)
+        me, index, incarnation = self.actor_ref, slot.index, slot.incarnation
+        timer = process_scheduler().timer(lambda: me.tell(_RecycleDue(index, incarnation)))
+        self._recycle_timers[index] = timer
+        timer.schedule(time.monotonic() + grace)
+        return True
+
+    def _recycle_due(self, slot: _Slot, incarnation: int) -> None:
+        """Its grace is over: SIGTERM; after TERM_GRACE more, SIGKILL."""
+        process, timer = slot.process, self._recycle_timers.get(slot.index)
+        if slot.incarnation != incarnation or process is None or timer is None:
+            return
+        if slot.terminated:
+            process.kill()
+            return
+        slot.terminated = True
+        process.terminate()
+        timer.schedule(time.monotonic() + TERM_GRACE)
+
+    def _end_recycle(self, slot: _Slot) -> None:
+        timer = self._recycle_timers.pop(slot.index, None)
+        if timer is not None:
+            timer.cancel()
+        slot.recycling, slot.terminated = "", False
+
     def _stop_all(self, timeout: float, kill: bool = True) -> list[str]:
         """Drain, wait until ``timeout``, SIGTERM, wait TERM_GRACE, SIGKILL. Idempotent.
 
@@ -341,6 +327,8 @@ class WorkerGroup(pykka.ThreadingActor):
         """
         self._stopping = True
         self._delayed.close()  # restarts still waiting out their backoff never happen
+        for slot in self.slots:
+            self._end_recycle(slot)
         live = [(s.worker_id, s.process) for s in self.slots if s.process is not None]
         live = [(worker_id, p) for worker_id, p in live if not _ended(p, 0)]
         for worker_id, _ in live:

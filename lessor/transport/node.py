@@ -148,6 +148,11 @@ class Node:
                             worker_id)  # fmt: skip
                 wire.shut(peer.conn)
 
+    def workers(self) -> dict[str, int]:
+        """{worker id: pid} of every worker started and not yet known to have exited."""
+        with self._lock:
+            return dict(self._pids)
+
     def push(self, worker_id: str, message: Message, wait: float = 0.0) -> bool:
         """Push ``message`` to a worker, waiting up to ``wait`` s for room in its socket.
 
