@@ -40,6 +40,7 @@ from lessor.factory import CallableFactory, Factory, TokenFactory
 from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.local import start_pool
+from lessor.handles.memory import MemoryManager, register_cleanup, unregister_cleanup
 from lessor.handles.pool import PoolHandle
 from lessor.holder import bind_actor
 from lessor.protocol.messages import (
@@ -50,6 +51,7 @@ from lessor.protocol.messages import (
     GetStats,
     Lease,
     LeaseExpired,
+    MemoryStats,
     PoolInfo,
     PoolStats,
     Release,
@@ -57,8 +59,18 @@ from lessor.protocol.messages import (
     decode,
     encode,
 )
+from lessor.resources import Resources
 from lessor.runtime.runtime import Runtime, ShutdownReport
-from lessor.specs import Backoff, BatchSpec, BreakerSpec, ChildSpec, PoolSpec, SupervisorSpec
+from lessor.specs import (
+    Backoff,
+    BatchSpec,
+    BreakerSpec,
+    ChildSpec,
+    MemorySpec,
+    PoolSpec,
+    SupervisorSpec,
+    Thresholds,
+)
 from lessor.supervisor.child import ChildRef
 from lessor.worker.client import Client, connect
 
@@ -95,6 +107,9 @@ __all__ = [
     "LeaseExpired",
     "LessorError",
     "MapTimeout",
+    "MemoryManager",
+    "MemorySpec",
+    "MemoryStats",
     "NoSuchBatcher",
     "NoSuchBreaker",
     "NoSuchPool",
@@ -108,6 +123,7 @@ __all__ = [
     "ProtocolError",
     "Release",
     "Renew",
+    "Resources",
     "Runtime",
     "RuntimeStopped",
     "ShutdownReport",
@@ -116,6 +132,7 @@ __all__ = [
     "SupervisorGaveUp",
     "SupervisorSpec",
     "TaskFailed",
+    "Thresholds",
     "TokenFactory",
     "UnknownLease",
     "WorkersFailed",
@@ -123,5 +140,7 @@ __all__ = [
     "connect",
     "decode",
     "encode",
+    "register_cleanup",
     "start_pool",
+    "unregister_cleanup",
 ]

@@ -20,16 +20,18 @@ from types import TracebackType
 from typing import Any, cast
 
 from lessor.actors.pool import PoolActor, PoolLineage
-from lessor.errors import NoSuchPool, RuntimeStopped, SupervisorGaveUp
+from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
 from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.cached import CachedRoute
 from lessor.handles.local import LocalRoute
+from lessor.handles.memory import MemoryManager
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
 from lessor.protocol.messages import Lease
 from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
+from lessor.runtime.memory import RuntimeMemory
 from lessor.runtime.outcome import GroupOutcome
 from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
 from lessor.runtime.shutdown import ask as _ask
@@ -45,6 +47,7 @@ from lessor.specs import (
     Strategy,
     SupervisorSpec,
 )
+from lessor.specs.memory import MemorySpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import Event, EventLog
 from lessor.supervisor.supervisor import AddChild, GetTree, start_supervised
@@ -83,6 +86,7 @@ class Runtime(WorkerProcesses):
         self._caches: dict[str, PoolHandle] = {}  # pool -> its cached handle, if made
         self._breakers = Breakers()
         self._batchers = Batchers()
+        self._memory: RuntimeMemory | None = None
         self._node: Node | None = None
         self._outcomes: dict[ChildRef, GroupOutcome] = {}
         self._process_specs: dict[str, PoolSpec] = {}
@@ -174,6 +178,43 @@ class Runtime(WorkerProcesses):
     def batcher(self, name: str) -> Batcher:
         """Batcher ``name`` (NoSuchBatcher if none)."""
         return self._batchers.get(name)
+
+    def add_memory(
+        self, spec: MemorySpec | None = None, *, restart: Restart = "permanent",
+        shutdown: float = 5.0,
+    ) -> MemoryManager:  # fmt: skip
+        """Start the memory manager (one per runtime; ``MemorySpec()`` by default).
+
+        It samples this process and every worker, spawned before or after it, and acts
+        on pools and worker groups as they are when it acts (see docs/memory.md).
+        """
+        self._check()
+        memory = RuntimeMemory(
+            spec or MemorySpec(), lambda: dict(self._pools),
+            lambda: [c.route for c in list(self._caches.values())], lambda: self._node,
+            lambda: list(self._outcomes),
+        )  # fmt: skip
+        with self._lock:
+            if self._memory is not None:
+                raise ValueError("this runtime has a memory manager already")
+            self._memory = memory
+        try:
+            handle, target = memory.start(self.add_child, self.event_log, restart, shutdown)
+        except BaseException:
+            with self._lock:
+                self._memory = None
+            raise
+        with self._lock:
+            if self._node is not None:
+                self._node.register("memory", target)
+        return handle
+
+    def memory(self) -> MemoryManager:
+        """The memory manager (LessorError if ``add_memory`` was not called)."""
+        memory = self._memory
+        if memory is None or memory.handle is None:
+            raise LessorError("this runtime has no memory manager: call add_memory() first")
+        return memory.handle
 
     def add_child(self, spec: ChildSpec) -> ChildRef:
         """Start any supervised child: a pykka actor class or a nested SupervisorSpec."""
@@ -322,6 +363,8 @@ class Runtime(WorkerProcesses):
                 unflushed[name] = unflushed.get(name, 0) + count
             for cache in caches:
                 cache.close()
+            if self._memory is not None:
+                self._memory.close()
             if self._node is not None:
                 self._node.close()
             self._signals.restore()

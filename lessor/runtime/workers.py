@@ -18,6 +18,7 @@ from lessor.handles.pool import PoolHandle
 from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
 from lessor.runtime.mapjob import MapJob, map_worker, run_map
+from lessor.runtime.memory import RuntimeMemory
 from lessor.runtime.outcome import GroupOutcome
 from lessor.runtime.shutdown import ask as _ask
 from lessor.specs import Backoff, ChildSpec, PoolSpec, Restart
@@ -40,6 +41,7 @@ class WorkerProcesses:
     _pools: dict[str, PoolHandle]
     _breakers: Breakers
     _batchers: Batchers
+    _memory: RuntimeMemory | None
     _outcomes: dict[ChildRef, GroupOutcome]
     _process_specs: dict[str, PoolSpec]
     _jobs: itertools.count[int]
@@ -67,6 +69,8 @@ class WorkerProcesses:
                     self._node.register(f"breaker:{name}", target)
                 for name, batcher in self._batchers.targets.items():
                     self._node.register(f"batcher:{name}", batcher)
+                if self._memory is not None and self._memory.target is not None:
+                    self._node.register("memory", self._memory.target)
             return self._node
 
     def spawn_workers(

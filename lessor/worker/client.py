@@ -28,11 +28,14 @@ from lessor.handles import ops as leases
 from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.lending import LendingRoute
+from lessor.handles.memory import MemoryManager, run_cleanups
 from lessor.handles.ownership import LeaseLedger
 from lessor.handles.pool import PoolHandle
 from lessor.holder import Holder
 from lessor.protocol.messages import (
     Acquire,
+    Admission,
+    Cleanup,
     Describe,
     Drain,
     GiveBack,
@@ -78,6 +81,7 @@ class Client:
         self._cached: dict[str, PoolHandle] = {}
         self._local: dict[str, PoolHandle] = {}
         self._acquire_timeouts: dict[str, float] = {}  # pool -> its acquire_timeout
+        self._paused: set[bool] = set()  # paused for everyone (True) and/or for this worker
         self._describe_lock = threading.Lock()
         self._conn = RuntimeConnection(
             address, authkey, worker_id, self._push, self._lost, self._unclaimed
@@ -201,6 +205,11 @@ class Client:
                 handle = self._batchers[name] = Batcher(limits, route, in_process=False)
         return handle
 
+    def memory(self) -> MemoryManager:
+        """The runtime's memory manager (its stats). Cleanup handlers are registered in
+        this process with ``lessor.register_cleanup``."""
+        return MemoryManager(RemoteActorRoute(self, "memory"))
+
     def _local_pool(self, name: str) -> PoolHandle:
         from lessor.handles.local import LocalRoute, start_pool
         from lessor.worker.local_pools import local_spec, quota_holder
@@ -219,6 +228,8 @@ class Client:
                     breaker.guard_pool(cast(LocalRoute, handle.route))
                 if len(self._local) == 1:
                     self.on_push(self._quota_wanted)
+                if self._paused:  # made while this worker is paused: paused too
+                    handle.actor_ref.tell(Admission("", True, "paused by the memory manager"))
         return handle
 
     def _quota_wanted(self, message: Message) -> None:
@@ -248,11 +259,26 @@ class Client:
         elif isinstance(message, Drain):
             self.drain_deadline_s = message.deadline_s
             self.draining.set()
+        elif isinstance(message, Cleanup):  # user code: never on the socket's reader
+            threading.Thread(target=run_cleanups, args=(message.why,), name="lessor-cleanup",
+                             daemon=True).start()  # fmt: skip
+        elif isinstance(message, Admission):
+            self._admission(message)
         for handler in list(self._handlers):
             try:
                 handler(message)
             except Exception:
                 log.exception("client: push handler failed")
+
+    def _admission(self, message: Admission) -> None:
+        """This worker (or everyone) is paused or resumed: so are its own pools. Its
+        cached handles see the notice too, and stop parking leases."""
+        with self._lock:
+            (self._paused.add if message.paused else self._paused.discard)(message.holder == "")
+            paused, local = bool(self._paused), list(self._local.values())
+        for pool in local:
+            with contextlib.suppress(Exception):
+                pool.actor_ref.tell(Admission("", paused, message.why))
 
     def _unclaimed(self, target: str, request: Message, reply: Message | None) -> None:
         """A grant for an Acquire whose caller has gone: back to the pool it came from."""
