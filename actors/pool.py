@@ -151,10 +151,9 @@ class PoolActor(LessorActor):
             reusable=spec.factory.reusable,
             past_epochs=frozenset(self._lineage.epochs),
             orphans=orphans,
+            paused=self._lineage.paused,
         )
         self._lineage.epochs.append(self.epoch)
-        for holder, why in self._lineage.paused.items():
-            self.core.admission(clock(), holder, True, why)  # (nothing queued yet: no decision)
         self._scheduler = scheduler
         self._factory_threads = factory_threads
         self._executor: FactoryLane | None = None
@@ -319,6 +318,7 @@ class PoolActor(LessorActor):
                 result, decisions = core.reclaim_all(now, why)
                 self._apply(decisions)
             case ReclaimHolder(holder, why):
+                self._lineage.paused.pop(holder, None)
                 decisions = core.reclaim_holder(now, holder, why)
                 self._apply(decisions)
                 result = [d.lease for d in decisions if isinstance(d, Reclaimed)]

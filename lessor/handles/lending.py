@@ -87,6 +87,7 @@ class LendingRoute(LeaseOps):
         #: The memory manager paused this process's admission: nothing parks, so that
         #: every Acquire goes to the pool, which holds it (an Admission notice).
         self.paused = False
+        self._pauses: set[bool] = set()  # for everyone (True), for this process (False)
         #: Wakes an in-process cache to send back what stays parked past ``hold_for``.
         self.sweeper: Timer | None = None
 
@@ -218,8 +219,11 @@ class LendingRoute(LeaseOps):
             self.draining = True
             self.flush()
         elif isinstance(message, Admission):
-            self.paused = message.paused
-            if message.paused:
+            with self._lock:
+                pauses, everyone = self._pauses, message.holder == ""
+                (pauses.add if message.paused else pauses.discard)(everyone)
+                self.paused = bool(pauses)
+            if self.paused:
                 self.flush()
         elif isinstance(message, LeaseExpired) and message.pool == self.name:
             with self._lock:

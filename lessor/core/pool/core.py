@@ -75,13 +75,19 @@ class PoolCore(PoolState):
         if ticket in queue.queued:
             raise ValueError(f"ticket {ticket!r} is already waiting")
         out: list[Decision] = []
-        if not queue.queued and not self._has_check and (not self._pausing or self.admits(holder)):
+        # The common case, served at once: nobody (admitted) waits ahead of it.
+        if not self._has_check and (
+            not queue.queued
+            if not self._pausing
+            else self.admits(holder) and not self._admitted_waiting()
+        ):
             slot = self._slots.take_idle(now, out)
             if slot is not None:
                 self._grant(now, ticket, holder, ttl, now, slot, out)
                 return out
         limit = self.spec.max_waiting
-        if limit and len(queue.queued) >= limit:  # queued ones; not those already in a Check
+        # Queued ones, not those already in a Check; paused ones wait apart.
+        if limit and self._admitted_waiting() >= limit:
             self.counters.rejected += 1
             raise PoolExhausted(
                 f"pool {self.spec.name!r} already has {limit} waiting (max_waiting)"
@@ -187,6 +193,9 @@ class PoolCore(PoolState):
             slots.destroy(slot, "lifetime" if ok else "check failed", out)
             if waiter is not None:
                 self._queue.requeue(waiter)
+        elif waiter is not None and not self.admits(waiter.holder):  # paused meanwhile
+            self._queue.requeue(waiter)
+            slots.to_idle(now, slot, out)
         elif waiter is not None:
             self._grant_waiter(now, waiter, slot, out)
         else:

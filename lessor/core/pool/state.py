@@ -9,7 +9,7 @@ an owner makes are :class:`lessor.core.pool.core.PoolCore`'s.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lessor.core.decisions import Create, Decision, Drained, Grant, Reclaimed
 from lessor.core.pool.backoff import Backoff
@@ -34,7 +34,8 @@ class PoolState:
     ``epoch`` makes its lease ids unique across restarts; ``past_epochs`` are the
     earlier incarnations' epochs, whose leases are reported as stale, not unknown.
     ``orphans`` are leases a crashed incarnation left with live holders (see
-    :mod:`lessor.core.pool.ledger`).
+    :mod:`lessor.core.pool.ledger`); ``paused``, the holders whose admission it had
+    paused (see :meth:`PoolCore.admission`).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class PoolState:
         rng: random.Random | None = None,
         past_epochs: frozenset[str] = frozenset(),
         orphans: Sequence[Lease] = (),
+        paused: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.epoch = epoch
@@ -67,8 +69,8 @@ class PoolState:
         self._gate: tuple[str, str, float | None] | None = None
         #: Holders granted nothing new for now (the memory manager's Admission), with
         #: why; the key "" pauses everyone. ``_pausing``: any pause at all (the hot path).
-        self._paused: dict[str, str] = {}
-        self._pausing = False
+        self._paused: dict[str, str] = dict(paused or {})
+        self._pausing = bool(self._paused)
 
     # -- views -------------------------------------------------------------------------
 
