@@ -43,13 +43,13 @@ from lessor.core.memory_decisions import (
     SetAdmission,
     SystemSample,
 )
-from lessor.specs.memory import LEVELS, MemorySpec, Thresholds
+from lessor.specs.memory import LEAK_SAMPLES, LEVELS, MemorySpec, Thresholds
 
 __all__ = ["MemoryCore", "MemoryTotals", "Watched", "level_for", "next_level", "slope"]
 
 WARN, CLEANUP, PAUSE, RESTART = 1, 2, 3, 4
 #: Points kept per leak window, and the fewest a slope is fitted to.
-POINTS_PER_WINDOW, MIN_POINTS = 64, 8
+POINTS_PER_WINDOW, MIN_POINTS = 64, LEAK_SAMPLES
 #: How many recycled workers the core remembers for stats.
 HISTORY = 100
 
@@ -257,7 +257,7 @@ class MemoryCore:
         if level >= CLEANUP and (previous < CLEANUP or self._cleanup_due(now, m)):
             m.last_cleanup = now
             for w in self.processes.values():
-                if previous < CLEANUP or self._cleanup_due(now, w):
+                if self._cleanup_due(now, w):  # (not one cleaned just now, for itself)
                     self._cleanup(now, w, why, out)
         if level >= PAUSE and not self.paused_all:
             self.paused_all = True

@@ -17,6 +17,8 @@ from lessor.specs.checks import number, positive, require
 
 __all__ = ["LEVELS", "MemorySpec", "Thresholds"]
 
+#: Samples a leak slope is fitted to, at least: ``leak_window`` spans this many intervals.
+LEAK_SAMPLES = 8
 #: The levels a process (or the machine) can be at, lowest first.
 LEVELS = ("ok", "warn", "cleanup", "pause", "restart")
 
@@ -99,8 +101,8 @@ class MemorySpec:
     #: A process whose RSS grows faster than this, sustained over ``leak_window``, is
     #: flagged as leaking (MB = 10**6 bytes, per minute); None: no leak detection.
     leak_mb_per_min: float | None = 60.0
-    #: The window the growth slope is fitted over (seconds); a slope is only judged
-    #: once samples span half of it.
+    #: The window the growth slope is fitted over (seconds), at least 8 intervals; a
+    #: slope is only judged once samples span half of it.
     leak_window: float = 60.0
     #: While a process stays at ``cleanup`` or above, its handlers run again after
     #: this long (seconds).
@@ -124,18 +126,16 @@ class MemorySpec:
                 self.thresholds)  # fmt: skip
         require(self.machine is None or isinstance(self.machine, Thresholds), "machine",
                 "must be a Thresholds or None", self.machine)  # fmt: skip
-        positive("interval", self.interval)
-        positive("leak_mb_per_min", self.leak_mb_per_min, optional=True)
-        positive("leak_window", self.leak_window)
-        require(
-            self.leak_window >= 4 * self.interval, "leak_window",
-            f"must span at least 4 intervals ({4 * self.interval}s)", self.leak_window,
-        )  # fmt: skip
-        positive("cleanup_interval", self.cleanup_interval)
-        positive("recycle_grace", self.recycle_grace)
-        positive("uss_interval", self.uss_interval, optional=True)
         for name in ("interval", "leak_window", "cleanup_interval", "recycle_grace"):
+            positive(name, getattr(self, name))
             require(getattr(self, name) < float("inf"), name, "must be finite", getattr(self, name))
+        positive("leak_mb_per_min", self.leak_mb_per_min, optional=True)
+        positive("uss_interval", self.uss_interval, optional=True)
+        require(  # a slope is fitted to 8 points at least (MemoryCore)
+            self.leak_window >= LEAK_SAMPLES * self.interval, "leak_window",
+            f"must span at least {LEAK_SAMPLES} intervals ({LEAK_SAMPLES * self.interval}s)",
+            self.leak_window,
+        )  # fmt: skip
 
     def limit(self, machine_bytes: int) -> int | None:
         """A worker's limit (bytes) on a machine with ``machine_bytes`` of memory."""

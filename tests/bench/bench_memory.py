@@ -19,9 +19,13 @@ system-wide). The runtime's process polls the pool every millisecond until nothi
 leased. ``reaction_ms``: a worker that releases and returns when told to drain;
 ``reaction_unresponsive_ms``: a worker that ignores it (busy), so it is SIGTERMed after
 ``recycle_grace`` (0.5 s here). The interval is 250 ms, so up to 250 ms of either is
-waiting for the next sample.
+waiting for the next sample; ``reaction_ms_interval_100ms`` samples every 100 ms, as
+Dask's nanny does.
 
-``dask_comparison``: reported only when ``distributed`` is installed (else why not).
+``dask_comparison``: only when ``distributed`` is installed (else it says so). The same
+growing task on a one-worker ``LocalCluster`` with the same ``memory_limit``, whose
+nanny terminates the worker at 0.95 of it: ``dask_acts_ms`` is from the task crossing
+0.95 to the worker process being gone, and what each system loses is stated.
 """
 
 from __future__ import annotations
@@ -114,10 +118,10 @@ def sampling_cost(seconds: float, repeat: int) -> dict[str, Any]:
     }
 
 
-def _reaction(responsive: bool) -> float:
+def _reaction(responsive: bool, interval: float = INTERVAL) -> float:
     ctx = multiprocessing.get_context("spawn")
     crossed, ready = ctx.Queue(), ctx.Event()
-    spec = MemorySpec(max_memory=LIMIT, interval=INTERVAL, recycle_grace=0.5, machine=None)
+    spec = MemorySpec(max_memory=LIMIT, interval=interval, recycle_grace=0.5, machine=None)
     restart_bytes = int(LIMIT * (spec.thresholds.restart or 1.0))
     with Runtime(handle_signals=False) as runtime:
         pool = runtime.add_pool(PoolSpec("slots", TokenFactory(range(1)), max_size=1))
@@ -142,7 +146,9 @@ def _reaction(responsive: bool) -> float:
 def reaction(repeat: int) -> dict[str, Any]:
     drained = [_reaction(True) for _ in range(repeat)]
     deaf = [_reaction(False) for _ in range(max(1, repeat // 2))]
+    like_dask = [_reaction(True, interval=0.1) for _ in range(repeat)]
     return {
+        "reaction_ms_interval_100ms": round(statistics.median(like_dask), 1),
         "reaction_ms": round(statistics.median(drained), 1),
         "reaction_ms_each": [round(v, 1) for v in drained],
         "reaction_unresponsive_ms": round(statistics.median(deaf), 1),
@@ -150,12 +156,58 @@ def reaction(repeat: int) -> dict[str, Any]:
     }
 
 
+def dask_grow(path: str, restart_bytes: int) -> int:
+    """A Dask task: grow past ``restart_bytes`` as growing_worker does, note when, hold."""
+    me = psutil.Process()
+    hog: list[bytes] = []
+    while me.memory_info().rss < restart_bytes:
+        hog.append(b"x" * STEP)
+    Path(path).write_text(repr(time.monotonic()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # holds its memory until something acts
+        time.sleep(0.001)
+    return len(hog)
+
+
 def dask_comparison() -> dict[str, Any]:
+    """The same growing worker under a Dask nanny with the same limit: ``terminate``
+    0.95 is lessor's ``restart``; Dask samples every 100 ms (its default), lessor 250."""
     try:
-        import distributed  # noqa: F401
+        import dask
+        import distributed
     except ImportError:
         return {"skipped": "distributed is not installed (pip install distributed)"}
-    return {"skipped": "not measured in this run"}
+    import logging
+    import tempfile
+
+    restart_bytes = int(LIMIT * 0.95)
+    kills = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(3):
+            path = os.path.join(tmp, f"crossed-{round_}")
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+                    distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                             memory_limit=LIMIT, dashboard_address=None,
+                                             silence_logs=logging.CRITICAL) as cluster, \
+                    distributed.Client(cluster) as client:  # fmt: skip
+                (pid,) = client.run(os.getpid).values()
+                future = client.submit(dask_grow, path, restart_bytes, pure=False)
+                while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
+                    time.sleep(0.001)
+                killed = time.monotonic()
+                error = type(future.exception(timeout=60)).__name__
+                kills.append((killed - float(Path(path).read_text())) * 1000)
+    return {
+        "dask_version": distributed.__version__,
+        "dask_acts_ms": round(statistics.median(kills), 1),
+        "dask_acts_ms_each": [round(v, 1) for v in kills],
+        "dask_action": "the nanny kills the worker process (SIGTERM, then SIGKILL)",
+        "dask_loses": f"the task in flight ({error} with allowed-failures=0; with the default "
+        "3 it runs again and is killed again) and every result held in the worker",
+        "lessor_action": "drain: the item in flight finishes, leases go back, then a new process",
+        "lessor_loses": "nothing a drained worker finishes; a worker deaf to the drain is "
+        "SIGTERMed after recycle_grace and its map item runs on another worker",
+    }
 
 
 def run(seconds: int, repeat: int) -> dict[str, Any]:
