@@ -223,18 +223,22 @@ class ProcessSampler:
             try:
                 if proc is None:
                     proc = psutil.Process(pid)
-                if uss:
-                    full = proc.memory_full_info()
-                    out.append(ProcessSample(key, pid, int(full.rss), int(full.uss), holder))
-                else:
-                    out.append(ProcessSample(key, pid, int(proc.memory_info().rss), None, holder))
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                sample = self._read(proc, key, pid, holder, uss)
+            except psutil.Error:  # gone, or not ours to read
                 continue
-            except psutil.AccessDenied:  # USS needs more than RSS on some systems
-                if proc is None:
-                    continue
-                with contextlib.suppress(psutil.Error):
-                    out.append(ProcessSample(key, pid, int(proc.memory_info().rss), None, holder))
+            if not sample.rss:  # exited, not yet reaped (a zombie reads as 0, no error)
+                continue
+            out.append(sample)
             alive[pid] = proc
         self._procs = alive
         return out
+
+    @staticmethod
+    def _read(proc: psutil.Process, key: str, pid: int, holder: str, uss: bool) -> ProcessSample:
+        if uss:
+            try:
+                full = proc.memory_full_info()
+                return ProcessSample(key, pid, int(full.rss), int(full.uss), holder)
+            except psutil.AccessDenied:  # USS needs more than RSS on some systems
+                pass
+        return ProcessSample(key, pid, int(proc.memory_info().rss), None, holder)

@@ -13,7 +13,8 @@ below it (:func:`next_level`), so nothing flaps at a threshold.
 
 **Actions.** Entering ``cleanup`` (and every ``cleanup_interval`` while at or above
 it) runs the process's cleanup handlers; ``pause`` stops pools granting it new
-leases until it is back below the resume level; ``restart`` recycles it, once. On
+leases until it is back below the resume level, and recycles it if it is not within
+``max_pause``; ``restart`` recycles it, once. On
 the machine, ``pause`` stops pools granting anyone and ``restart`` recycles the
 largest worker, one at a time. The runtime's own process is never paused or
 recycled: only its cleanup handlers run.
@@ -98,6 +99,7 @@ class Watched:
     slope_mb_per_min: float | None = None
     leaking: bool = False
     paused: bool = False
+    paused_at: float = 0.0
     recycling: str = ""  # why, once asked to recycle
     last_cleanup: float = -math.inf
     points: deque[tuple[float, int]] = field(default_factory=deque)
@@ -171,6 +173,7 @@ class MemoryCore:
         for key in [k for k in self.processes if k not in seen]:
             gone = self.processes.pop(key)
             if gone.paused:
+                self.totals.resumes += 1
                 out.append(SetAdmission(key, gone.holder, False, f"{key} is gone"))
         if spec.machine is not None and system.limit > 0:
             self._judge_machine(now, spec.machine, system, out)
@@ -193,7 +196,7 @@ class MemoryCore:
         if not w.holder:  # the runtime itself: nothing more can be done to it
             return
         if level >= PAUSE and not w.paused:
-            w.paused = True
+            w.paused, w.paused_at = True, now
             self.totals.pauses += 1
             out.append(SetAdmission(w.key, w.holder, True, why))
         elif level < PAUSE and w.paused:
@@ -202,6 +205,12 @@ class MemoryCore:
             out.append(SetAdmission(w.key, w.holder, False, why))
         if level >= RESTART and not w.recycling:
             self._recycle(w, why, out)
+        elif w.paused and not w.recycling and self._paused_too_long(now, w):
+            self._recycle(w, f"paused {now - w.paused_at:.1f}s and still: {why}", out)
+
+    def _paused_too_long(self, now: float, w: Watched) -> bool:
+        max_pause = self.spec.max_pause
+        return max_pause is not None and now - w.paused_at >= max_pause
 
     def _cleanup_due(self, now: float, w: Watched) -> bool:
         return now - w.last_cleanup >= self.spec.cleanup_interval

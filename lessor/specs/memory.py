@@ -110,6 +110,9 @@ class MemorySpec:
     #: How long a worker being recycled gets to finish its item and release before it
     #: is sent SIGTERM (seconds).
     recycle_grace: float = 10.0
+    #: A worker paused this long whose memory has not fallen to the resume level is
+    #: recycled: held Acquires would only keep it stuck there (seconds); None: never.
+    max_pause: float | None = 10.0
     #: Time between USS readings of each process, which cost ~10x an RSS reading
     #: (seconds); None: never.
     uss_interval: float | None = 5.0
@@ -131,6 +134,7 @@ class MemorySpec:
             require(getattr(self, name) < float("inf"), name, "must be finite", getattr(self, name))
         positive("leak_mb_per_min", self.leak_mb_per_min, optional=True)
         positive("uss_interval", self.uss_interval, optional=True)
+        positive("max_pause", self.max_pause, optional=True)
         require(  # a slope is fitted to 8 points at least (MemoryCore)
             self.leak_window >= LEAK_SAMPLES * self.interval, "leak_window",
             f"must span at least {LEAK_SAMPLES} intervals ({LEAK_SAMPLES * self.interval}s)",

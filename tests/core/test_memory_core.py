@@ -589,6 +589,7 @@ class MProc:
     rss: int = 0
     level: int = 0
     recycled: bool = False
+    paused_at: float = 0.0
     last_cleanup: float = -math.inf
     points: list[tuple[float, int]] = field(default_factory=list)
     leaking: bool = False
@@ -603,6 +604,7 @@ class Step:
     cleanups: set[str] = field(default_factory=set)
     recycles: set[str] = field(default_factory=set)
     largest: set[str] = field(default_factory=set)  # the machine must recycle one of these
+    paused_too_long: set[str] = field(default_factory=set)  # recycled for max_pause
     leaks: dict[str, tuple[bool, float]] = field(default_factory=dict)
     leak_either: set[str] = field(default_factory=set)  # at the edge: either answer
     gone: dict[str, MProc] = field(default_factory=dict)
@@ -686,8 +688,16 @@ class Books:
                 step.warnings += p.level > previous
             if p.level >= CLEANUP and (previous < CLEANUP or now - p.last_cleanup >= interval):
                 step.cleanups.add(s.key)
+            if p.level >= PAUSE > previous:
+                p.paused_at = now
+            max_pause = self.spec.max_pause
             if p.holder and p.level >= RESTART and not p.recycled:
                 step.recycles.add(s.key)
+                p.recycled = True
+            elif (p.holder and p.level >= PAUSE and not p.recycled and max_pause is not None
+                  and now - p.paused_at >= max_pause):  # fmt: skip
+                step.recycles.add(s.key)  # paused too long, whatever its fraction
+                step.paused_too_long.add(s.key)
                 p.recycled = True
         seen = {s.key for s in samples}
         step.gone = {k: self.procs.pop(k) for k in list(self.procs) if k not in seen}
@@ -841,7 +851,7 @@ class Books:
         assert len(got) == len(keys), f"Recycle twice in a sample: {keys}"
         missing = step.recycles - got
         assert not missing, f"{sorted(missing)} reached restart, no Recycle"
-        for key in step.recycles:
+        for key in step.recycles - step.paused_too_long:
             f = step.fractions[key]
             assert f >= (self.bands.at[RESTART - 1] or 0), f"{key} recycled at {float(f)}"
         by_machine = got - step.recycles
@@ -926,6 +936,7 @@ def draw_spec(data: st.DataObject) -> MemorySpec:
         leak_mb_per_min=None if leak is None else leak[0],
         leak_window=30.0 if leak is None else leak[1],
         cleanup_interval=draw("cleanup_interval", [3.0, 10.0]),
+        max_pause=draw("max_pause", [None, 4.0, 10.0]),
     )  # fmt: skip
 
 
@@ -1228,3 +1239,30 @@ def test_a_scripted_run_passes_the_real_core() -> None:
 def test_a_scripted_run_catches_a_mutant(mutant: type[MemoryCore], says: str) -> None:
     with pytest.raises(AssertionError, match=says):
         scripted(mutant)
+
+
+def test_a_worker_paused_longer_than_max_pause_is_recycled_once() -> None:
+    core = make(max_pause=5.0)
+    assert admissions(core.observe(0.0, ROOMY, [proc(0.85)])) == [("w", "hw", True)]
+    assert recycled(core.observe(4.9, ROOMY, [proc(0.85)])) == []  # not yet
+    out = core.observe(5.0, ROOMY, [proc(0.85)])
+    (decision,) = of(out, Recycle)
+    assert decision.key == "w" and decision.why.startswith("paused 5.0s")
+    assert recycled(core.observe(20.0, ROOMY, [proc(0.85)])) == []  # once
+    assert core.totals.recycles == 1
+
+
+def test_a_pause_that_lifts_in_time_recycles_nothing() -> None:
+    core = make(max_pause=5.0)
+    core.observe(0.0, ROOMY, [proc(0.85)])
+    assert admissions(core.observe(3.0, ROOMY, [proc(0.5)])) == [("w", "hw", False)]
+    core.observe(4.0, ROOMY, [proc(0.85)])  # paused again: its clock starts again
+    assert recycled(core.observe(8.9, ROOMY, [proc(0.85)])) == []
+    assert recycled(core.observe(9.0, ROOMY, [proc(0.85)])) == ["w"]
+
+
+def test_max_pause_none_keeps_a_worker_paused() -> None:
+    core = make(max_pause=None)
+    core.observe(0.0, ROOMY, [proc(0.85)])
+    assert recycled(core.observe(10_000.0, ROOMY, [proc(0.85)])) == []
+    assert core.paused == ["hw"]

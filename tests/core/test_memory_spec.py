@@ -108,6 +108,7 @@ BAD: list[tuple[str, Any]] = [
     *[("cleanup_interval", v) for v in (0, -1.0, INF, NAN, None, False)],
     *[("recycle_grace", v) for v in (0, -0.5, INF, NAN, None)],
     *[("uss_interval", v) for v in (0, -1.0, NAN, True)],
+    *[("max_pause", v) for v in (0, -1.0, NAN, True, "10")],
 ]
 
 
