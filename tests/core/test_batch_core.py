@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -55,6 +55,7 @@ from lessor.core.batch import (
     check_outcome,
 )
 from lessor.errors import Backpressure, LessorError
+from tests.support.mutants import assert_catches, assert_passes
 
 Item = tuple[int, int]  # (submission number, index in it): unique, hashable
 
@@ -1395,26 +1396,12 @@ MUTANTS: dict[type[BatchCore], str] = {  # the mutant: what the machine says (a 
     FlushesAtOnce: "FlushDone",
 }
 
-MUTANT_RUN = settings(
-    max_examples=1000,  # a run stops at its first failure: each takes far fewer
-    stateful_step_count=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    report_multiple_bugs=False,
-    suppress_health_check=list(HealthCheck),
-)
-
 
 @pytest.mark.parametrize("mutant", list(MUTANTS), ids=[m.__name__ for m in MUTANTS])
 def test_the_state_machine_catches_a_mutant(mutant: type[BatchCore]) -> None:
-    machine = type(f"{mutant.__name__}Machine", (BatchMachine,), {"CORE": mutant})
-    with pytest.raises(AssertionError, match=MUTANTS[mutant]) as caught:
-        run_state_machine_as_test(machine, settings=MUTANT_RUN)
-    print(mutant.__name__, "->", str(caught.value).splitlines()[0])
+    print(mutant.__name__, "->", assert_catches(BatchMachine, mutant, MUTANTS[mutant]))
 
 
 def test_the_state_machine_passes_the_real_core_with_the_mutant_settings() -> None:
     """The mutant runs above fail because of the mutants, not the settings."""
-    run_state_machine_as_test(BatchMachine, settings=settings(MUTANT_RUN, max_examples=100))
+    assert_passes(BatchMachine, max_examples=100)

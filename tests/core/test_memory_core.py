@@ -38,7 +38,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -75,6 +75,7 @@ from lessor.core.memory_decisions import (
 )
 from lessor.specs.memory import LEVELS, MemorySpec, Thresholds
 from lessor.specs.memory import MACHINE as MACHINE_THRESHOLDS
+from tests.support.mutants import assert_catches, assert_passes
 
 OK, WARN, CLEANUP, PAUSE, RESTART = (LEVELS.index(n) for n in LEVELS)
 D = TypeVar("D")
@@ -1154,29 +1155,15 @@ MUTANTS: dict[type[MemoryCore], str] = {  # the mutant: what the books say (a re
     LeakNeverClears: "leak change",
 }
 
-MUTANT_RUN = settings(
-    max_examples=1000,  # a run stops at its first failure: each takes far fewer
-    stateful_step_count=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    report_multiple_bugs=False,
-    suppress_health_check=list(HealthCheck),
-)
-
 
 @pytest.mark.parametrize("mutant", list(MUTANTS), ids=[m.__name__ for m in MUTANTS])
 def test_the_state_machine_catches_a_mutant(mutant: type[MemoryCore]) -> None:
-    machine = type(f"{mutant.__name__}Machine", (MemoryMachine,), {"CORE": mutant})
-    with pytest.raises(AssertionError, match=MUTANTS[mutant]) as caught:
-        run_state_machine_as_test(machine, settings=MUTANT_RUN)
-    print(mutant.__name__, "->", str(caught.value).splitlines()[0])
+    print(mutant.__name__, "->", assert_catches(MemoryMachine, mutant, MUTANTS[mutant]))
 
 
 def test_the_state_machine_passes_the_real_core_with_the_mutant_settings() -> None:
     """The mutant runs above fail because of the mutants, not the settings."""
-    run_state_machine_as_test(MemoryMachine, settings=settings(MUTANT_RUN, max_examples=50))
+    assert_passes(MemoryMachine, max_examples=50)
 
 
 def scripted(core: type[MemoryCore]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -50,6 +50,7 @@ from lessor.factory import TokenFactory
 from lessor.holder import Holder
 from lessor.protocol.messages import Lease
 from lessor.specs import PoolSpec
+from tests.support.mutants import assert_catches, assert_passes
 
 A = Holder.thread(1, 2, 3)
 B = Holder.actor("urn:uuid:b")
@@ -887,26 +888,12 @@ MUTANTS: dict[type[PoolCore], str] = {  # the mutant: what the machine says (a r
     TimeoutSaysNothingOfThePause: "does not say admission is paused",
 }
 
-MUTANT_RUN = settings(
-    max_examples=1000,  # a run stops at its first failure: each takes far fewer
-    stateful_step_count=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    report_multiple_bugs=False,
-    suppress_health_check=list(HealthCheck),
-)
-
 
 @pytest.mark.parametrize("mutant", list(MUTANTS), ids=[m.__name__ for m in MUTANTS])
 def test_the_state_machine_catches_a_mutant(mutant: type[PoolCore]) -> None:
-    machine = type(f"{mutant.__name__}Machine", (AdmissionMachine,), {"CORE": mutant})
-    with pytest.raises(AssertionError, match=MUTANTS[mutant]) as caught:
-        run_state_machine_as_test(machine, settings=MUTANT_RUN)
-    print(mutant.__name__, "->", str(caught.value).splitlines()[0])
+    print(mutant.__name__, "->", assert_catches(AdmissionMachine, mutant, MUTANTS[mutant]))
 
 
 def test_the_state_machine_passes_the_real_core_with_the_mutant_settings() -> None:
     """The mutant runs above fail because of the mutants, not the settings."""
-    run_state_machine_as_test(AdmissionMachine, settings=settings(MUTANT_RUN, max_examples=100))
+    assert_passes(AdmissionMachine, max_examples=100)
