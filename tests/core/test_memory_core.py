@@ -1149,7 +1149,7 @@ MUTANTS: dict[type[MemoryCore], str] = {  # the mutant: what the books say (a re
     NoHysteresis: "level|flapped|inside the band",
     ResumesAtThePauseThreshold: "inside the band|flapped|paused=",
     RecyclesTwice: r"Recycle\(\w+\) twice",
-    PausesTheRuntime: "runtime process",
+    PausesTheRuntime: "runtime process|two SetAdmission for one holder",
     ForgetsTheGone: "stays paused",
     MachineRecyclesEverySample: "twice|while",
     LeakNeverClears: "leak change",
