@@ -36,8 +36,10 @@ def test_four_workers_never_open_more_than_max_total(server: pg.Postgres, tmp_pa
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        group = rt.spawn_workers(targets.pg_hammer, 4, args=("pg", 150, str(tmp_path)),
-                                 restart="transient")  # fmt: skip
+        start = tmp_path.parent / f"{tmp_path.name}-start"  # a start line: they contend
+        start.mkdir()
+        args = ("pg", 150, str(tmp_path), str(start), 4)
+        group = rt.spawn_workers(targets.pg_hammer, 4, args=args, restart="transient")
         try:
             assert rt.join(group, timeout=120)
         finally:

@@ -174,9 +174,17 @@ def cached_pairs(
             log.write(f"{lease.resource} {began!r} {ended!r} {lease.id}\n")
 
 
-def pg_hammer(pool: str, n: int, out_dir: str) -> None:
-    """Run queries through this worker's own pool of connections (process scope)."""
+def pg_hammer(pool: str, n: int, out_dir: str, start_dir: str = "", workers: int = 0) -> None:
+    """Run queries through this worker's own pool of connections (process scope).
+
+    With ``start_dir``, first wait (up to 60 s) until ``workers`` workers have said they
+    are ready there, so that they hammer at once rather than one after another."""
     db = lessor.connect().pool(pool)
+    if start_dir:
+        open(os.path.join(start_dir, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(start_dir)) < workers and time.monotonic() < deadline:
+            time.sleep(0.01)
     for _ in range(n):
         with db.lease(timeout=60) as conn:
             conn.execute("SELECT pg_sleep(0.002)")
