@@ -51,6 +51,8 @@ from lessor.holder import Holder
 from lessor.protocol.messages import Lease
 from lessor.specs import PoolSpec
 from tests.support.mutants import assert_catches, assert_passes
+from tests.support.pool_core import Pool as CorePool
+from tests.support.pool_core import of
 
 A = Holder.thread(1, 2, 3)
 B = Holder.actor("urn:uuid:b")
@@ -63,40 +65,8 @@ PAUSED_TEXT = "admission is paused by the memory manager"
 # -- the owner's side, by hand -----------------------------------------------------------------
 
 
-class Pool:
-    """A PoolCore and its owner: every Create comes back at once as r0, r1, ..."""
-
-    def __init__(
-        self, *, has_check: bool = False, orphans: tuple[Lease, ...] = (), **fields: Any
-    ) -> None:
-        kw: dict[str, Any] = {"max_idle": None, "max_lifetime": None, "acquire_timeout": 30.0}
-        kw.update(fields)
-        self.core = PoolCore(
-            PoolSpec("p", TokenFactory(), **kw),
-            epoch="e1",
-            has_check=has_check,
-            rng=random.Random(7),
-            past_epochs=frozenset({"e0"}),
-            orphans=orphans,
-        )
-        self._names = (f"r{i}" for i in itertools.count())
-        self.run(self.core.start(0.0), 0.0)
-
-    def run(self, out: list[Decision], now: float) -> list[Decision]:
-        """Carry out creations at once; return every decision seen, in order."""
-        seen = list(out)
-        pending = sum(isinstance(d, Create) for d in out)
-        while pending:
-            pending -= 1
-            more = self.core.created(now, next(self._names))
-            seen += more
-            pending += sum(isinstance(d, Create) for d in more)
-        return seen
-
-    def lease(self, now: float, ticket: object, holder: Holder, **kw: Any) -> Lease:
-        out = self.run(self.core.acquire(now, ticket, holder, **kw), now)
-        (lease,) = [d.lease for d in out if isinstance(d, Grant) and d.ticket == ticket]
-        return lease
+class Pool(CorePool):
+    """The core's test pool, with resources made idle at will and its bounds checked."""
 
     def warm(self, n: int, now: float = 0.0) -> list[Lease]:
         """``n`` resources made and idle again (leased by a throwaway holder, released)."""
@@ -112,10 +82,6 @@ class Pool:
         assert s.idle + s.checking + s.leased == s.size
         assert s.size + s.creating + core.orphans <= core.spec.max_size
         assert s.leased <= core.spec.max_size
-
-
-def of(out: list[Decision], kind: type) -> list[Any]:
-    return [d for d in out if isinstance(d, kind)]
 
 
 def granted(out: list[Decision]) -> list[object]:
@@ -502,7 +468,7 @@ def test_reclaiming_the_last_paused_holder_leaves_no_pause_behind() -> None:
 
 
 def test_size_creating_and_orphans_stay_within_max_size_through_pauses() -> None:
-    orphan = Lease("p/e0/7", "p", "old", str(W), 0.0, None, False)  # a past incarnation's
+    orphan = Lease("p/e1/7", "p", "old", str(W), 0.0, None, False)  # a past incarnation's
     pool = Pool(max_size=2, orphans=(orphan,))
     core = pool.core
     assert core.orphans == 1
