@@ -84,8 +84,13 @@ class ChildRef:
 ExitCallback = Callable[[BaseException | None], None]
 
 
-def watched(cls: type[pykka.Actor], on_exit: ExitCallback, restartable: bool) -> type[Any]:
+def watched(
+    cls: type[pykka.Actor], on_exit: ExitCallback, restartable: bool, path: str = ""
+) -> type[Any]:
     """A subclass of ``cls`` that reports its exit once; one per incarnation.
+
+    It prints as its ``path`` in the tree (``root/pg (PoolActor)``), so log lines and
+    errors, pykka's own included, name the child a user added rather than an actor URN.
 
     Built on pykka's public hooks only: a failing ``on_start``, a failure
     (``on_failure``) and a stop (``on_stop``) each report, after ``cls``'s own hook
@@ -94,6 +99,11 @@ def watched(cls: type[pykka.Actor], on_exit: ExitCallback, restartable: bool) ->
 
     class Watched(cls):  # type: ignore[valid-type,misc]
         _lessor_reported = False
+
+        if path:
+
+            def __str__(self) -> str:
+                return f"{path} ({cls.__name__})"
 
         def _lessor_exit(self, reason: BaseException | None) -> None:
             if self._lessor_reported:

@@ -126,9 +126,11 @@ def start_supervised(
     kwargs: dict[str, Any],
     on_exit: Callable[[BaseException | None], None],
     restartable: bool,
+    path: str = "",
 ) -> pykka.ActorRef[Any]:
-    """Start one incarnation of an actor whose exit is reported to ``on_exit``."""
-    ref: pykka.ActorRef[Any] = watched(cls, on_exit, restartable).start(*args, **kwargs)
+    """Start one incarnation of an actor whose exit is reported to ``on_exit``; it
+    prints (logs, errors) as ``path``."""
+    ref: pykka.ActorRef[Any] = watched(cls, on_exit, restartable, path).start(*args, **kwargs)
     return ref
 
 
@@ -244,7 +246,7 @@ class Supervisor(pykka.ThreadingActor):
             kwargs: dict[str, Any] = {}
         else:
             cls, args, kwargs = spec.start, spec.args, spec.kwargs
-        ref = start_supervised(cls, args, kwargs, on_exit, spec.restart != "temporary")
+        ref = start_supervised(cls, args, kwargs, on_exit, spec.restart != "temporary", child.path)
         child.set_state(ChildState.RUNNING, ref)
         self.events.emit("started", child.path, f"incarnation {incarnation}")
 
