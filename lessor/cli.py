@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lessor import __version__
 from lessor.errors import ActorStopped, PoolClosed, RuntimeStopped
 from lessor.factory import TokenFactory
 from lessor.runtime.runtime import Runtime
@@ -190,6 +191,7 @@ def demo(threads: int = 8, jobs: int = 200, slots: int = 3, workers: int = 2) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lessor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lessor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "demo", help="threads and worker processes share a few slots; prints the pool's stats"

@@ -104,3 +104,16 @@ def test_ctrl_c_stops_the_demo_quietly(presses: int) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_version_prints_the_installed_version() -> None:
+    import importlib.metadata
+
+    import lessor
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lessor.cli", "--version"], capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == f"lessor {lessor.__version__}"
+    assert importlib.metadata.version("lessor") == lessor.__version__  # pyproject reads it
