@@ -13,7 +13,42 @@ __all__ = ["Backoff", "ChildSpec", "PoolSpec", "Restart", "Strategy", "Superviso
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """A pool of resources made by ``factory``, at most ``max_size`` of them at once."""
+    """A pool of resources made by ``factory``, at most ``max_size`` of them at once.
+
+    Options (times in seconds; None where allowed means "never"/"no limit"):
+
+    - ``name``: the pool's name, also its child id in the tree (``root/<name>``).
+    - ``factory``: a :class:`~lessor.factory.Factory` (``TokenFactory``,
+      ``PostgresFactory``, ``HttpSessionFactory`` or your own).
+    - ``min_size`` (default 0): resources made at start and kept through idle eviction.
+    - ``max_size`` (default 10): resources that may exist at once, leased or idle.
+    - ``acquire_timeout`` (default 30.0 s): how long an Acquire that gives no timeout
+      waits; past it, AcquireTimeout (its cause: the last factory error, if any).
+    - ``max_idle`` (default 600.0 s; None keeps them): idle resources above
+      ``min_size`` are destroyed after this long.
+    - ``max_lifetime`` (default 3600.0 s; None keeps them): resources are retired after
+      this long, never while leased.
+    - ``lifetime_jitter`` (default 0.1, a fraction in [0, 1)): up to this fraction is
+      taken off each lifetime, so resources made together do not all retire together.
+    - ``lease_ttl`` (default None: leases never expire): a lease not released or
+      renewed within this many seconds is reclaimed (its holder gets LeaseExpired).
+    - ``max_waiting`` (default 0: no limit): Acquires queued beyond this many are
+      refused at once with PoolExhausted (psycopg_pool's ``max_waiting``).
+    - ``strategy`` (default "lifo"): hand out the most recently used idle resource
+      ("lifo": the rest stay idle and can be evicted) or the least ("fifo").
+    - ``create_backoff`` (default 0.1 s) and ``create_backoff_max`` (default 10.0 s):
+      first and largest delay between failed creations (doubling, with jitter).
+    - ``factory_concurrency`` (default 2): factory calls (create, destroy, check,
+      reset) run at once for this pool, on the runtime's shared factory threads
+      (psycopg_pool's ``num_workers``).
+    - ``scope`` (default "runtime"): "runtime" is one pool in the supervising process,
+      whose resources cross to workers; "process" gives each process its own pool of
+      resources that cannot cross (live connections), under a global quota.
+    - ``max_total`` (default None: ``max_size``): for ``scope="process"``, the cap on
+      resources across all processes.
+    - ``breaker`` (default None): the name of a breaker, added first, that this pool
+      obeys: while it is open, Acquires fail fast with BreakerOpen.
+    """
 
     name: str
     factory: Factory[Any] = field(repr=False)
