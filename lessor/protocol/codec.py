@@ -12,6 +12,9 @@ import time (:func:`seal`):
 
 The checks are generated as inline Python (``type(v) is str``) from our own type
 hints: construction and decoding run on every request.
+
+Typed fields hold exactly their types; ``Any`` fields carry any value of
+:mod:`lessor.protocol.values` (tuples, sets, dates, Decimals...) and keep its type.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, Union, cast
 
-import msgpack
-
 from lessor.errors import ProtocolError
+from lessor.protocol.values import packb, unpackb
 
 __all__ = [
     "Message",
@@ -304,18 +306,20 @@ def to_parts(msg: Message) -> list[Any]:
 
 
 def pack(obj: Any, what: str = "frame") -> bytes:
-    """msgpack with lessor's settings; anything not msgpack-safe raises ProtocolError."""
+    """msgpack with lessor's value types (:mod:`lessor.protocol.values`); anything that
+    cannot travel raises ProtocolError naming ``what`` and the offending type."""
     try:
-        frame: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packb(obj)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {what}: {exc}") from exc
-    return frame
 
 
 def unpack(data: bytes) -> Any:
-    """msgpack bytes -> plain objects; malformed input raises ProtocolError."""
+    """msgpack bytes -> values; malformed input or a bad value raises ProtocolError."""
     try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+        return unpackb(data)
+    except ProtocolError:  # a bad value, already named by the values' ext_hook
+        raise
     except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError...
         raise ProtocolError(f"not a msgpack frame: {exc}") from exc
 

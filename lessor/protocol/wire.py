@@ -24,10 +24,9 @@ from enum import IntEnum
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
 from lessor.errors import ProtocolError
 from lessor.protocol.messages import Message, from_parts, pack, to_parts, unpack
+from lessor.protocol.values import packb as _packb
 
 __all__ = [
     "MAX_FRAME",
@@ -43,7 +42,8 @@ __all__ = [
 ]
 
 #: 2: Lease.contended. 3: HELLO before the challenge, per-worker keys, Describe/PoolInfo.
-PROTOCOL_VERSION = 3
+#: 4: typed values (msgpack ext types), chunked map Tasks, TaskResult error detail, pool Wait/Ready.
+PROTOCOL_VERSION = 4
 #: Larger frames are refused and their connection closed (the stream cannot be resynced).
 MAX_FRAME = 1 << 20
 #: The HELLO frame is read before authentication: it must be small.
@@ -61,7 +61,6 @@ class Kind(IntEnum):
 
 
 _KIND_OF = {int(k): k for k in Kind}
-_packb = msgpack.packb
 
 
 class FrameError(ProtocolError):
@@ -134,11 +133,12 @@ class Deadline:
 
 
 def frame(kind: Kind, corr: int, target: str, message: Message | None) -> bytes:
-    """Build one frame; a message that is not msgpack-safe, or that makes a frame over
-    ``MAX_FRAME`` (the other end would close the connection), raises ProtocolError."""
+    """Build one frame; a message holding a value that cannot travel (docs/values.md), or
+    that makes a frame over ``MAX_FRAME`` (the other end would close the connection),
+    raises ProtocolError."""
     parts = None if message is None else to_parts(message)
-    try:
-        data: bytes = _packb([int(kind), corr, target, parts], use_bin_type=True)
+    try:  # (int(kind): values travel with their exact types, and Kind is an IntEnum)
+        data = _packb([int(kind), corr, target, parts])
     except (TypeError, ValueError, OverflowError):
         # Say which message (and why) the same way the codec does.
         data = pack([int(kind), corr, target, parts], type(message).__name__)
