@@ -20,6 +20,7 @@ from lessor.errors import (
     ForeignLease,
     LeaseError,
     LessorError,
+    MapInterrupted,
     MapTimeout,
     NoSuchBatcher,
     NoSuchBreaker,
@@ -28,6 +29,7 @@ from lessor.errors import (
     PoolClosed,
     PoolExhausted,
     ProtocolError,
+    RemoteTraceback,
     RuntimeStopped,
     ShuttingDown,
     StaleLease,
@@ -51,6 +53,7 @@ from lessor.protocol.messages import (
     GetStats,
     Lease,
     LeaseExpired,
+    LocalPoolStats,
     MemoryStats,
     PoolInfo,
     PoolStats,
@@ -60,6 +63,8 @@ from lessor.protocol.messages import (
     encode,
 )
 from lessor.resources import Resources
+from lessor.runtime.imap import MapIterator
+from lessor.runtime.process_stats import ProcessPoolStats
 from lessor.runtime.runtime import Runtime, ShutdownReport
 from lessor.specs import (
     Backoff,
@@ -72,6 +77,7 @@ from lessor.specs import (
     Thresholds,
 )
 from lessor.supervisor.child import ChildRef
+from lessor.worker.bootstrap import worker_count, worker_index
 from lessor.worker.client import Client, connect
 
 __version__ = "0.1.0"
@@ -106,6 +112,9 @@ __all__ = [
     "LeaseError",
     "LeaseExpired",
     "LessorError",
+    "LocalPoolStats",
+    "MapInterrupted",
+    "MapIterator",
     "MapTimeout",
     "MemoryManager",
     "MemorySpec",
@@ -120,8 +129,10 @@ __all__ = [
     "PoolInfo",
     "PoolSpec",
     "PoolStats",
+    "ProcessPoolStats",
     "ProtocolError",
     "Release",
+    "RemoteTraceback",
     "Renew",
     "Resources",
     "Runtime",
@@ -143,4 +154,6 @@ __all__ = [
     "register_cleanup",
     "start_pool",
     "unregister_cleanup",
+    "worker_count",
+    "worker_index",
 ]

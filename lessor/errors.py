@@ -8,6 +8,8 @@ kind of bad lease apart so that a bug report names the exact mistake.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AcquireTimeout",
     "ActorRestarted",
@@ -20,6 +22,7 @@ __all__ = [
     "ForeignLease",
     "LeaseError",
     "LessorError",
+    "MapInterrupted",
     "MapTimeout",
     "NoSuchBatcher",
     "NoSuchBreaker",
@@ -28,6 +31,7 @@ __all__ = [
     "PoolClosed",
     "PoolExhausted",
     "ProtocolError",
+    "RemoteTraceback",
     "RuntimeStopped",
     "ShuttingDown",
     "StaleLease",
@@ -50,7 +54,9 @@ class AcquireTimeout(LessorError):
 
 
 class PoolExhausted(LessorError):
-    """Refused at once: ``max_waiting`` callers are already queued."""
+    """Refused at once, never queued: ``max_waiting`` callers are already queued, or a
+    try (``timeout=0``) found nothing free and no room to make one, or the holder is
+    paused by the memory manager and tried. The text says which."""
 
 
 class PoolClosed(LessorError):
@@ -66,7 +72,9 @@ class NotPortable(LessorError):
 
 
 class NoSuchPool(LessorError):
-    """A message named a pool that is not the one it was sent to."""
+    """No pool of that name: ``runtime.pool(name)``, and in a worker ``client.pool(name)``
+    at once (it asks the runtime, so a pool added after the worker spawned is found);
+    also a message sent to a pool that names another one."""
 
 
 class NoSuchBatcher(LessorError):
@@ -170,12 +178,79 @@ class WorkersFailed(LessorError):
         self.exit_code = exit_code
 
 
+class RemoteTraceback(Exception):
+    """A worker's traceback, as the ``__cause__`` of a TaskFailed (as concurrent.futures
+    chains its ``_RemoteTraceback``): an uncaught TaskFailed prints where the worker failed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
 class TaskFailed(LessorError):
-    """An item of ``Runtime.map`` failed in its worker (or its worker died twice on it)."""
+    """An item of ``Runtime.map``/``imap``/``imap_unordered`` failed.
+
+    ``index`` is the item's position. When its function raised in the worker,
+    ``error_type`` is that exception's qualified type name (``ValueError``,
+    ``app.jobs.BadRow``), ``message`` its text and ``traceback`` the worker's formatted
+    traceback (cut in the middle when long), also chained as a :class:`RemoteTraceback`
+    ``__cause__``. When the item failed around its function instead (its worker died
+    twice on it, or no worker was left to run it) ``error_type`` and ``traceback`` are
+    empty and the text says which.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        error_type: str = "",
+        message: str = "",
+        traceback: str = "",
+        index: int | None = None,
+    ) -> None:
+        super().__init__(text)
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        self.index = index
+        if traceback:
+            self.__cause__ = RemoteTraceback(traceback)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.error_type, self.message, self.traceback,
+                             self.index))  # fmt: skip
+
+
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C (KeyboardInterrupt) while ``Runtime.map`` waited; what was done is kept.
+
+    ``results`` maps the index of every item that finished to its result, ``failed``
+    every item that failed to its TaskFailed; items in neither were not done. ``total``
+    is the number of items. A KeyboardInterrupt, so an uncaught one still ends the
+    program as Ctrl-C does and ``except Exception`` does not swallow it.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        results: dict[int, Any] | None = None,
+        failed: dict[int, TaskFailed] | None = None,
+        total: int = 0,
+    ) -> None:
+        super().__init__(text)
+        self.results: dict[int, Any] = dict(results or {})
+        self.failed: dict[int, TaskFailed] = dict(failed or {})
+        self.total = total
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.results, self.failed, self.total))
 
 
 class MapTimeout(LessorError, TimeoutError):
-    """``Runtime.map`` did not finish within its ``timeout`` (also a TimeoutError)."""
+    """``Runtime.map`` (or an ``imap``) did not finish within its ``timeout`` (also a
+    TimeoutError); its workers were stopped."""
 
 
 class ProtocolError(LessorError):

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lessor.specs import Backoff, Restart
 from lessor.specs.checks import nonempty, positive, require
 
-__all__ = ["RecycleWorker", "StopWorkers", "WorkerInfo", "WorkerPids", "WorkerSpec", "WorkerStatus"]
+__all__ = ["Hurry", "RecycleWorker", "StopWorkers", "WorkerInfo", "WorkerPids", "WorkerSpec",
+           "WorkerStatus"]  # fmt: skip
+
+
+class Hurry(Protocol):
+    """What a group looks at to cut its waits short (a ``threading.Event``, or one that is
+    set when any of several is: a map's own Ctrl-C, or the runtime's)."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from lessor.supervisor.events import EventLog
 from lessor.supervisor.restarts import GiveUp, Remove, RestartIntensity, RestartPlanner
 from lessor.supervisor.supervisor import DelayedRestarts, RestartsDue
 from lessor.supervisor.worker_messages import (
+    Hurry,
     RecycleWorker,
     StopWorkers,
     WorkerInfo,
@@ -112,7 +113,7 @@ class WorkerGroup(pykka.ThreadingActor):
         path: str = "",
         *,
         outcome: Outcome,
-        hurry: threading.Event | None = None,
+        hurry: Hurry | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -120,7 +121,7 @@ class WorkerGroup(pykka.ThreadingActor):
         self.events = events
         self.path = path or spec.id
         self.outcome = outcome
-        self.hurry = hurry or threading.Event()
+        self.hurry: Hurry = hurry or threading.Event()
         self.slots = [_Slot(i) for i in range(spec.n)]
         self.planner = RestartPlanner(
             "one_for_one", RestartIntensity(spec.max_restarts, spec.max_seconds), spec.backoff
@@ -183,7 +184,7 @@ class WorkerGroup(pykka.ThreadingActor):
 
     def _spawn(self, slot: _Slot) -> None:
         slot.incarnation += 1
-        slot.worker_id = f"{self.path}.{slot.index}.{slot.incarnation}"
+        slot.worker_id = f"{self.path}.{slot.index}.{slot.incarnation}"  # root/workers-1.0.1
         env = {**self.spec.env, **self.node.env(slot.worker_id),
                ENV_TRACEBACK: self._traceback_path(slot)}  # fmt: skip
         process = self._ctx.Process(
@@ -194,6 +195,7 @@ class WorkerGroup(pykka.ThreadingActor):
                 self.spec.pools,
                 self.spec.breakers,
                 self.spec.batchers,
+                (slot.index, self.spec.n),  # lessor.worker_index(), worker_count()
             ),
             name=f"lessor-{slot.worker_id}",
         )

@@ -54,6 +54,7 @@ __all__ = [
     "Hello",
     "Lease",
     "LeaseExpired",
+    "LocalPoolStats",
     "MemoryStats",
     "Message",
     "NextTask",
@@ -63,12 +64,15 @@ __all__ = [
     "Probe",
     "ProbePermit",
     "ProbeResult",
+    "Ready",
     "Release",
     "Renew",
     "Results",
+    "Shed",
     "Submit",
     "Task",
     "TaskResult",
+    "Wait",
     "WatchBreaker",
     "decode",
     "encode",
@@ -87,7 +91,8 @@ PRIORITY_MIN, PRIORITY_MAX = -(2**63), 2**63 - 1
 @message(1)
 @dataclass(frozen=True, slots=True)
 class Acquire(Message):
-    """Ask a pool for a lease. ``timeout=None`` uses the pool's ``acquire_timeout``.
+    """Ask a pool for a lease. ``timeout=None`` uses the pool's ``acquire_timeout``;
+    ``timeout=0`` asks for one now (PoolExhausted if none is free, see ``PoolCore.acquire``).
 
     Higher ``priority`` is served first; ``ttl`` overrides the pool's ``lease_ttl``.
     """
@@ -98,7 +103,9 @@ class Acquire(Message):
     ttl: float | None = None
 
     def __post_init__(self) -> None:
-        seconds(self, "timeout", self.timeout)
+        timeout = self.timeout  # 0 is a try: now or PoolExhausted, never behind other holders
+        if timeout is not None and not 0 <= timeout < float("inf"):
+            raise ValueError(f"Acquire.timeout must be a finite number >= 0 or None, got {timeout}")
         seconds(self, "ttl", self.ttl)
         if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
             raise ValueError(f"Acquire.priority must be a 64-bit int, got {self.priority!r}")
@@ -223,30 +230,66 @@ class ErrorReply(Message):
 @message(11)
 @dataclass(frozen=True, slots=True)
 class NextTask(Message):
-    """A ``Runtime.map`` worker asks for its next item."""
+    """A ``Runtime.map`` worker asks for its next chunk of items (answered with a Task).
+
+    ``more=False``: it is leaving (drained) and asks for nothing; the answer (no work)
+    comes after every result it told before, so none is lost as it exits.
+    """
 
     job: str
+    more: bool = True
 
 
 @message(12)
 @dataclass(frozen=True, slots=True)
 class Task(Message):
-    """One item of a ``Runtime.map`` job; ``index == -1`` means there is no more work."""
+    """Consecutive items of a map job, the first at ``index``: one round trip per chunk.
+
+    ``index == -1`` with no items means there is no more work.
+    """
 
     index: int
-    item: Any
+    items: list[Any]
+
+    def __post_init__(self) -> None:
+        if (self.index < 0 or not self.items) and (self.index, self.items) != (-1, []):
+            raise ValueError(
+                f"Task: index >= 0 with items, or -1 with none; got {self.index} with "
+                f"{len(self.items)} items"
+            )
+
+
+#: Bounds of a TaskResult's error text, in characters: at most 4 bytes each in UTF-8,
+#: so a failed item's frame stays far below ``wire.MAX_FRAME`` (1 MiB).
+MAX_ERROR_TYPE, MAX_ERROR_TEXT, MAX_TRACEBACK = 512, 16 * 1024, 64 * 1024
 
 
 @message(13)
 @dataclass(frozen=True, slots=True)
 class TaskResult(Message):
-    """The outcome of one item: ``value`` if ``ok``, else ``error`` (type and message)."""
+    """The outcome of one item, told on its own: ``value`` if ``ok``; else the exception's
+    qualified type name (``error_type``), its text (``error``) and the worker's formatted
+    ``traceback`` (the worker cuts both to MAX_ERROR_TEXT and MAX_TRACEBACK)."""
 
     job: str
     index: int
     ok: bool
     value: Any
     error: str
+    error_type: str = ""
+    traceback: str = ""
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"TaskResult.index must be >= 0, got {self.index}")
+        if self.ok and (self.error or self.error_type or self.traceback):
+            raise ValueError("TaskResult: a result that is ok carries no error")
+        if not self.ok and self.value is not None:
+            raise ValueError("TaskResult: a failed result carries no value")
+        for name, limit in (("error_type", MAX_ERROR_TYPE), ("error", MAX_ERROR_TEXT),
+                            ("traceback", MAX_TRACEBACK)):  # fmt: skip
+            if len(getattr(self, name)) > limit:
+                raise ValueError(f"TaskResult.{name} is over {limit} characters")
 
 
 @message(14)
@@ -300,5 +343,7 @@ from lessor.protocol.breaker_messages import (  # noqa: E402
     WatchBreaker,
 )
 from lessor.protocol.memory_messages import Admission, Cleanup, MemoryStats  # noqa: E402
+from lessor.protocol.pool_messages import Ready, Wait  # noqa: E402
+from lessor.protocol.quota_messages import LocalPoolStats, Shed  # noqa: E402
 
 seal()

@@ -24,17 +24,55 @@ from multiprocessing.context import get_spawning_popen, set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, cast
 
-from lessor.errors import ActorStopped, ShuttingDown
+from lessor.errors import ActorStopped, LessorError, ShuttingDown
 from lessor.specs import BreakerSpec, PoolSpec
 from lessor.specs.batch import BatchLimits
 from lessor.worker.client import connect
 
-__all__ = ["ENV_TRACEBACK", "Spawned", "check_spawnable", "run_worker"]
+__all__ = ["ENV_TRACEBACK", "Spawned", "check_spawnable", "run_worker", "worker_count",
+           "worker_index"]  # fmt: skip
 
 log = logging.getLogger("lessor.worker")
 
 #: Where a worker writes the traceback of the exception that ended it (set by its group).
 ENV_TRACEBACK = "LESSOR_WORKER_TRACEBACK"
+
+#: (slot index, group size) of this worker process; set by run_worker, None elsewhere.
+_slot: tuple[int, int] | None = None
+
+
+def worker_index() -> int:
+    """This worker's slot in its group, ``0 .. worker_count() - 1``.
+
+    A restarted (or recycled) worker takes its slot's index again, so the index can
+    name a shard of the work: ``items[worker_index()::worker_count()]``. Raises
+    LessorError outside a worker process of a Runtime (in the runtime's own process,
+    or in a process a worker started itself).
+    """
+    return _where()[0]
+
+
+def worker_count() -> int:
+    """The number of workers (slots) in this worker's group: ``n`` of ``spawn_workers``
+    (for ``map``, the workers it started). LessorError outside a worker process."""
+    return _where()[1]
+
+
+def _where() -> tuple[int, int]:
+    if _slot is None:
+        raise LessorError(
+            "lessor.worker_index() and worker_count() work in worker processes started "
+            "by a Runtime (spawn_workers, map, imap), not in this process"
+        )
+    return _slot
+
+
+def _forget_slot() -> None:
+    global _slot  # noqa: PLW0603 - a forked child of a worker is not that worker
+    _slot = None
+
+
+os.register_at_fork(after_in_child=_forget_slot)
 
 
 def check_spawnable(
@@ -240,6 +278,7 @@ def run_worker(
     pools: dict[str, PoolSpec] | None = None,
     breakers: dict[str, BreakerSpec] | None = None,
     batchers: dict[str, BatchLimits] | None = None,
+    slot: tuple[int, int] | None = None,
 ) -> None:
     """Entry point of every worker process; an exception exits it with status 1.
 
@@ -250,8 +289,11 @@ def run_worker(
     ``pools`` are the runtime's process-scoped pools: this worker runs its own pool
     of each (``connect().pool(name)``), under the runtime's global quota; ``breakers``
     are the runtime's breakers, for ``connect().breaker(name)``, and ``batchers`` what
-    ``connect().batcher(name)`` needs of its batchers.
+    ``connect().batcher(name)`` needs of its batchers. ``slot`` is the worker's (index,
+    group size), for :func:`worker_index` and :func:`worker_count`.
     """
+    global _slot  # noqa: PLW0603 - one worker per process
+    _slot = slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the spawner
     os.environ.update(env)

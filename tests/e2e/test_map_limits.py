@@ -29,8 +29,8 @@ def runtime() -> Iterator[Runtime]:
 
 def test_a_frame_over_the_limit_is_refused_where_it_is_built() -> None:
     with pytest.raises(ProtocolError, match="over the"):
-        wire.frame(Kind.REPLY, 1, "", Task(0, b"x" * TOO_BIG))
-    assert len(wire.frame(Kind.REPLY, 1, "", Task(0, b"x" * 1000))) < 1100
+        wire.frame(Kind.REPLY, 1, "", Task(0, [b"x" * TOO_BIG]))
+    assert len(wire.frame(Kind.REPLY, 1, "", Task(0, [b"x" * 1000]))) < 1100
 
 
 def test_a_map_item_too_big_for_a_frame_is_refused_before_any_worker_starts(

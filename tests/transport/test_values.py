@@ -82,8 +82,9 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):  # msgpack keeps a dict's order
         pairs = zip(a.items(), b.items(), strict=True)
         return len(a) == len(b) and all(same(k, j) and same(v, w) for (k, v), (j, w) in pairs)
-    if isinstance(a, (set, frozenset)):  # each element has exactly one equal partner
-        return a == b and all(any(same(x, y) for y in b if y == x) for x in a)
+    if isinstance(a, (set, frozenset)):  # each element has a partner of the same value
+        # (not ``a == b``: a NaN inside an element, as in (nanj,), is equal to no copy)
+        return len(a) == len(b) and all(any(same(x, y) for y in b) for x in a)
     if isinstance(a, (datetime, time)):
         wall = a.replace(tzinfo=None) == b.replace(tzinfo=None)
         return wall and a.fold == b.fold and same_zone(a.tzinfo, b.tzinfo)
