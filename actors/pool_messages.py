@@ -1,7 +1,8 @@
 """The pool actor's own messages: they never leave the process, so they are not lessor Messages.
 
-Results of factory work and timer wake-ups (sent by the pool to itself), and the
-requests the runtime's shutdown and a worker's client make of a pool.
+Results of factory work and timer wake-ups (sent by the pool to itself), the
+requests the runtime's shutdown and a worker's client make of a pool, and what one
+incarnation of a supervised pool hands the next (:class:`PoolLineage`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from lessor.actors.reply import Reply
 from lessor.holder import Holder
+from lessor.protocol.messages import Lease
 
 __all__ = [
     "AwaitDrained",
@@ -22,11 +24,27 @@ __all__ = [
     "Created",
     "EvictIdle",
     "HolderGone",
+    "PoolLineage",
     "ReclaimAll",
     "ReclaimHolder",
     "ResetDone",
     "Tick",
 ]
+
+
+class PoolLineage:
+    """What one supervised pool passes from an incarnation to the next.
+
+    The epochs of earlier incarnations (their leases are stale, not unknown) and the
+    leases a crashed incarnation left with live holders (orphans: their resources
+    are destroyed when the holder lets go, and count against ``max_size`` till then).
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[str] = []
+        self.orphans: list[Lease] = []
+        #: Holders whose admission is paused, with why: a restart does not lift a pause.
+        self.paused: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)

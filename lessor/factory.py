@@ -5,7 +5,8 @@ borrow (``check``), clean one on release (``reset``), which errors in a holder's
 block mean the resource is broken (``is_fatal``), what ends a block that went well
 (``finish``: PostgreSQL commits there), and whether a reclaimed resource
 may be reused (``reusable``: true for plain tokens, false for anything a holder that
-lost its lease might still be touching).
+lost its lease might still be touching), and how many resources it can make at all
+(``capacity``), so that a pool that could never fill is refused where it is specified.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CallableFactory", "Factory", "IdleClock", "TokenFactory", "overrides"]
+__all__ = ["CallableFactory", "Factory", "IdleClock", "TokenFactory", "capacity_of", "overrides"]
 
 R = TypeVar("R")
 
@@ -28,6 +29,10 @@ class Factory(Generic[R]):
     reusable: bool = False
     #: Resources are plain msgpack-safe data that may be leased to worker processes.
     portable: bool = False
+    #: How many resources the factory can have made at once (a fixed set of tokens, GPU
+    #: ids, API keys); None (default) is no limit. ``PoolSpec`` refuses a ``max_size``
+    #: above it, since such a pool would starve its waiters for good.
+    capacity: int | None = None
 
     def create(self) -> R:
         raise NotImplementedError
@@ -73,6 +78,15 @@ def overrides(factory: Factory[Any], hook: str) -> bool:
     return getattr(type(factory), hook) is not getattr(Factory, hook)
 
 
+def capacity_of(factory: Factory[Any]) -> int | None:
+    """How many resources ``factory`` can make, None if unbounded; a wrapper (QuotaFactory)
+    can make as many as what it wraps."""
+    wrapped = getattr(factory, "wrapped", None)
+    if isinstance(wrapped, Factory):
+        return capacity_of(wrapped)
+    return factory.capacity
+
+
 class CallableFactory(Factory[R]):
     """A factory from plain callables, for pools that need no subclass."""
 
@@ -105,8 +119,9 @@ class CallableFactory(Factory[R]):
 class TokenFactory(Factory[Any]):
     """Plain-data resources (slot numbers, GPU ids, ports, API keys), reusable after reclaim.
 
-    With ``tokens`` the pool hands out exactly those values; without, the integers
-    0, 1, 2, ... Set ``max_size`` no larger than the number of tokens.
+    With ``tokens`` the pool hands out exactly those values (its ``capacity`` is their
+    number, and a ``PoolSpec`` with a larger ``max_size`` is refused); without, the
+    integers 0, 1, 2, ... (no capacity limit).
     """
 
     reusable = True
@@ -114,6 +129,7 @@ class TokenFactory(Factory[Any]):
 
     def __init__(self, tokens: Iterable[Any] | None = None) -> None:
         self._tokens: list[Any] | None = None if tokens is None else list(tokens)
+        self.capacity = None if self._tokens is None else len(self._tokens)
         self._counter = itertools.count()
         self._free: list[Any] = []
         self._lock = threading.Lock()  # create/destroy run on several pool worker threads

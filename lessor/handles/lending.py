@@ -241,8 +241,8 @@ def plainly_valid(timeout: float | None, priority: int, ttl: float | None) -> bo
         and type(priority) is int
         and -_INT64 <= priority < _INT64
         and (
-            timeout is None
-            or (type(timeout) is float and 0 < timeout < _INF)
-            or (type(timeout) is int and 0 < timeout < _INT64)  # (an int must fit msgpack)
+            timeout is None  # (0 is a try: a parked lease serves it as well as any)
+            or (type(timeout) is float and 0 <= timeout < _INF)
+            or (type(timeout) is int and 0 <= timeout < _INT64)  # (an int must fit msgpack)
         )
     )

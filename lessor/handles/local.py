@@ -31,6 +31,7 @@ from lessor.handles.ops import ACQUIRE_GRACE, REQUEST_TIMEOUT, LeaseOps
 from lessor.handles.pool import PoolHandle
 from lessor.holder import Holder, current_holder
 from lessor.protocol.messages import Acquire, Describe, Lease, Message, PoolInfo, Release
+from lessor.protocol.pool_messages import Wait
 from lessor.specs import PoolSpec
 from lessor.supervisor.child import ChildRef
 
@@ -73,8 +74,10 @@ class LocalRoute(ActorRoute, LeaseOps):
         waits for the thread that holds the pool's turn to handle it.
         """
         if timeout is None:
-            if isinstance(message, Acquire):
+            if isinstance(message, Acquire):  # (a try, timeout=0, may wait for a creation)
                 timeout = (message.timeout or self.spec.acquire_timeout) + ACQUIRE_GRACE
+            elif isinstance(message, Wait):
+                timeout = message.timeout + ACQUIRE_GRACE
             else:
                 timeout = REQUEST_TIMEOUT
         actor = self._actor(timeout)

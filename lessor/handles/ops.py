@@ -76,6 +76,7 @@ class LeaseOps:
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
     ) -> Iterator[Any]:
         """Borrow a resource for a block; an error deemed fatal releases it as broken.
+        ``timeout`` is ``acquire``'s (0: now or PoolExhausted).
 
         A block that ends well is finished by the factory before the release (a
         PostgreSQL connection commits, as psycopg_pool's ``connection()`` does).

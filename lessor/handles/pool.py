@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from lessor.handles.ops import LeaseOps
+from lessor.handles.ops import ACQUIRE_GRACE, LeaseOps
 from lessor.protocol.messages import Lease, Message
+from lessor.protocol.pool_messages import Wait
 
 __all__ = ["PoolHandle"]
 
 
 class PoolHandle(LeaseOps):
-    """A pool: ``acquire``/``release``/``renew``/``stats``, the ``lease()`` block, and
-    the message API (``ask``/``tell``). Cheap to copy, safe to share between threads."""
+    """A pool: ``acquire``/``release``/``renew``/``stats``/``wait``, the ``lease()`` block,
+    and the message API (``ask``/``tell``). Cheap to copy, safe to share between threads."""
 
     def __init__(self, route: LeaseOps) -> None:
         self.route = route
@@ -43,6 +44,14 @@ class PoolHandle(LeaseOps):
     def acquire(
         self, timeout: float | None = None, priority: int = 0, ttl: float | None = None
     ) -> Lease:
+        """A lease, waiting up to ``timeout`` seconds (default None: the pool's
+        ``acquire_timeout``) at ``priority`` (default 0; higher first); ``ttl`` seconds
+        (default None: the pool's ``lease_ttl``) bounds how long it may be held.
+
+        ``timeout=0`` is a try: a lease now, or PoolExhausted at once saying why; it
+        never waits behind other holders, only for a resource being made or reset for
+        it (then up to the pool's ``acquire_timeout``). See :mod:`lessor.core.pool.trying`.
+        """
         return self.route.acquire(timeout, priority, ttl)
 
     def release(self, lease: Lease, broken: bool = False) -> None:
@@ -51,6 +60,16 @@ class PoolHandle(LeaseOps):
 
     def renew(self, lease: Lease, ttl: float) -> Lease:
         return self.route.renew(lease, ttl)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until the pool holds its ``min_size`` resources (idle or leased), as
+        psycopg_pool's ``ConnectionPool.wait()``; at once with ``min_size=0``.
+
+        Past ``timeout`` seconds (default 30.0) raises AcquireTimeout, its ``__cause__``
+        the factory's last error (a worker asking the runtime's pool gets its text
+        only): a dead database is reported at start. The pool keeps trying either way.
+        """
+        self.route.ask(Wait(self.name, timeout), timeout + ACQUIRE_GRACE)
 
     def is_fatal(self, exc: BaseException) -> bool:
         return self.route.is_fatal(exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lessor.factory import Factory
+from lessor.factory import Factory, capacity_of
 from lessor.specs.checks import nonempty, number, positive, require
 
 __all__ = ["Backoff", "ChildSpec", "PoolSpec", "Restart", "Strategy", "SupervisorSpec"]
@@ -138,6 +138,29 @@ class PoolSpec:
             "must be an int >= 1",
             self.factory_concurrency,
         )
+        _refuse_what_cannot_work(self)
+
+
+def _refuse_what_cannot_work(spec: PoolSpec) -> None:
+    """Settings each valid alone that together could never work: refused where the spec is
+    made, not found at the first Acquire that starves."""
+    cap = capacity_of(spec.factory)
+    require(cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0),
+            "factory", "capacity must be an int >= 0 or None", cap)  # fmt: skip
+    require(cap is None or spec.max_size <= cap, "max_size",
+            f"must be <= the factory's capacity ({type(spec.factory).__name__}.capacity = "
+            f"{cap}: it can make no more)", spec.max_size)  # fmt: skip
+    require(spec.create_backoff_max >= spec.create_backoff, "create_backoff_max",
+            f"must be >= create_backoff ({spec.create_backoff})",
+            spec.create_backoff_max)  # fmt: skip
+    if spec.scope == "runtime":
+        require(spec.max_total is None, "max_total",
+                "only caps scope='process' pools (a 'runtime' pool's cap is max_size)",
+                spec.max_total)  # fmt: skip
+    elif spec.max_total is not None:
+        require(spec.min_size <= spec.max_total, "min_size",
+                f"must be <= max_total ({spec.max_total}): each process's pool keeps min_size "
+                "under the global quota", spec.min_size)  # fmt: skip
 
 
 Restart = Literal["permanent", "transient", "temporary"]

@@ -9,6 +9,7 @@ from lessor.handles import ops as leases
 from lessor.handles.lending import LendingRoute
 from lessor.holder import Holder, current_holder
 from lessor.protocol.messages import Acquire, Message
+from lessor.protocol.pool_messages import Wait
 
 if TYPE_CHECKING:
     from lessor.worker.client import Client
@@ -44,9 +45,11 @@ class RemoteRoute(LendingRoute):
     def ask(self, message: Message, timeout: float | None = None) -> Any:
         if timeout is None and isinstance(message, Acquire):
             wait = message.timeout
-            if wait is None:  # the pool's own acquire_timeout, as in-process
-                wait = self.client.acquire_timeout(self.name)
+            if not wait:  # the pool's own acquire_timeout, as in-process (a try, timeout=0,
+                wait = self.client.acquire_timeout(self.name)  # may wait for a creation)
             timeout = wait + leases.ACQUIRE_GRACE
+        elif timeout is None and isinstance(message, Wait):
+            timeout = message.timeout + leases.ACQUIRE_GRACE
         return self.client.ask(self.name, message, timeout)
 
     def tell(self, message: Message) -> None:

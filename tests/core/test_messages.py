@@ -121,12 +121,19 @@ def test_in_process_lease_may_carry_any_object_but_only_plain_ones_encode() -> N
 def test_acquire_and_renew_reject_bad_numbers_naming_the_field(
     bad: object, error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match="timeout"):
-        Acquire("p", bad)  # type: ignore[arg-type]
+    if bad != 0:  # Acquire(timeout=0) is a try: now or PoolExhausted
+        with pytest.raises(error, match="timeout"):
+            Acquire("p", bad)  # type: ignore[arg-type]
     with pytest.raises(error, match="ttl"):
         Acquire("p", 1.0, ttl=bad)  # type: ignore[arg-type]
     with pytest.raises(error, match="ttl"):
         Renew("id", bad)  # type: ignore[arg-type]
+
+
+def test_a_zero_acquire_timeout_is_a_try_and_travels() -> None:
+    try_now = Acquire("p", 0)
+    assert try_now.timeout == 0
+    assert decode(encode(try_now)) == try_now
 
 
 def test_errors_share_one_base_and_are_importable_from_lessor() -> None:

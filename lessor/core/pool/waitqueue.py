@@ -55,6 +55,11 @@ class WaitQueue:
         """Checks under way for a waiter, whether or not it still waits."""
         return len(self._serving)
 
+    def claimed(self, admits: Callable[[Holder], bool]) -> int:
+        """Checks under way whose resource goes to its waiter: one that still waits and
+        is admitted (the others' resources come back idle)."""
+        return sum(1 for w in self._serving.values() if w.state == SERVING and admits(w.holder))
+
     @property
     def waiting(self) -> int:
         """Everyone still waiting for an answer: queued, or their resource in a check."""
