@@ -32,15 +32,18 @@ from lessor.actors.pool_messages import (
     CreateFailed,
     EvictIdle,
     HolderGone,
+    PoolLineage,
     ReclaimAll,
     ReclaimHolder,
     ResetDone,
     Tick,
 )
+from lessor.actors.pushes import push
 from lessor.actors.reply import OneShot, Reply
 from lessor.actors.scheduler import Scheduler, Timer, process_scheduler
 from lessor.core.decisions import (
     AskBack,
+    AskShed,
     Check,
     Create,
     Decision,
@@ -48,6 +51,7 @@ from lessor.core.decisions import (
     Drained,
     Expired,
     Fail,
+    Filled,
     Grant,
     Reclaimed,
     Reset,
@@ -74,6 +78,8 @@ from lessor.protocol.messages import (
     Release,
     Renew,
 )
+from lessor.protocol.pool_messages import Ready, Wait
+from lessor.protocol.quota_messages import Shed
 from lessor.specs import PoolSpec
 from lessor.supervisor.events import EventLog
 
@@ -89,21 +95,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("lessor.pool")
-
-
-class PoolLineage:
-    """What one supervised pool passes from an incarnation to the next.
-
-    The epochs of earlier incarnations (their leases are stale, not unknown) and the
-    leases a crashed incarnation left with live holders (orphans: their resources
-    are destroyed when the holder lets go, and count against ``max_size`` till then).
-    """
-
-    def __init__(self) -> None:
-        self.epochs: list[str] = []
-        self.orphans: list[Lease] = []
-        #: Holders whose admission is paused, with why: a restart does not lift a pause.
-        self.paused: dict[str, str] = {}
 
 
 _TICK = Tick()
@@ -133,6 +124,7 @@ class PoolActor(LessorActor):
         scheduler: Scheduler | None = None,
         factory_threads: FactoryThreads | None = None,
         gate: Callable[[], BreakerGate] | None = None,
+        fair_share: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -152,6 +144,7 @@ class PoolActor(LessorActor):
             past_epochs=frozenset(self._lineage.epochs),
             orphans=orphans,
             paused=self._lineage.paused,
+            fair_share=fair_share,  # a global quota's (see lessor.core.pool.fairshare)
         )
         self._lineage.epochs.append(self.epoch)
         self._scheduler = scheduler
@@ -166,6 +159,7 @@ class PoolActor(LessorActor):
             Renew: self._renew,
             GetStats: self._stats,
             Admission: self._admission,
+            Wait: self._wait,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -251,6 +245,14 @@ class PoolActor(LessorActor):
         )
         return DEFERRED
 
+    def _wait(self, now: float, call: Call, msg: Wait) -> Any:
+        if msg.pool != self.spec.name:
+            raise NoSuchPool(f"Wait for {msg.pool!r} sent to pool {self.spec.name!r}")
+        if call.reply is None:
+            raise ProtocolError("Wait must be asked, not told: its Ready is the reply")
+        self._apply(self.core.wait(now, call.reply, msg.timeout))
+        return DEFERRED
+
     def _release(self, now: float, call: Call, msg: Release) -> None:
         decisions = self.core.release(now, msg.lease_id, call.holder, msg.broken)
         if type(call.reply) is OneShot and call.here:
@@ -309,6 +311,8 @@ class PoolActor(LessorActor):
                 self._apply(core.gate(now, breaker, state, until))
             case EvictIdle():
                 self._apply(core.evict_idle(now))
+            case Shed(_, count):  # this process's quota wants connections back
+                self._apply(core.shed(now, count))
             case BeginDrain():
                 error = ShuttingDown(f"pool {self.spec.name!r} shutting down")
                 self._apply(core.begin_drain(now, error))
@@ -357,9 +361,13 @@ class PoolActor(LessorActor):
                 case Expired(lease):
                     self.later(self.on_expired, lease)
                 case AskBack(asked):
-                    self._ask_back(asked)
+                    push(self.later, asked, GiveBack(self.spec.name))
+                case AskShed(holder, count):
+                    push(self.later, (holder,), Shed(self.spec.name, count))
                 case Drained(ticket):
                     self.reply(cast(Reply, ticket), None)
+                case Filled(ticket, size):
+                    self.reply(cast(Reply, ticket), Ready(self.spec.name, size))
 
     def on_expired(self, lease: Lease) -> None:
         """A lease ran out and was reclaimed: tell an actor holder (a thread finds out on exit).
@@ -370,14 +378,6 @@ class PoolActor(LessorActor):
         if receiver is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 receiver.tell(LeaseExpired(lease.id, lease.pool))
-
-    def _ask_back(self, asked: tuple[Holder, ...]) -> None:
-        """Workers caching leases should return what they have parked (a send, after the turn)."""
-        notice = GiveBack(self.spec.name)
-        for holder in asked:
-            receiver = holders.holder_receiver(holder)
-            if receiver is not None:
-                self.later(receiver.tell, notice)
 
     def _reclaimed(self, detail: str) -> None:
         log.info("pool %r: lease reclaimed (%s)", self.spec.name, detail)

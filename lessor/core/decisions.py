@@ -15,6 +15,7 @@ from lessor.protocol.messages import Lease
 
 __all__ = [
     "AskBack",
+    "AskShed",
     "Check",
     "Create",
     "Decision",
@@ -22,6 +23,7 @@ __all__ = [
     "Drained",
     "Expired",
     "Fail",
+    "Filled",
     "Grant",
     "Reclaimed",
     "Reset",
@@ -100,10 +102,32 @@ class AskBack:
 
 
 @dataclass(frozen=True, slots=True)
+class AskShed:
+    """A waiter has less than its fair share of a global quota: ``holder``, above its own,
+    is to close ``count`` more connections (the owner pushes it a ``Shed``; see
+    :mod:`lessor.core.pool.fairshare`)."""
+
+    holder: Holder
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Drained:
     """Answer the drain waiter ``ticket``: no lease is out any more (or the pool closed)."""
 
     ticket: object
 
 
-Decision = Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed | AskBack | Drained
+@dataclass(frozen=True, slots=True)
+class Filled:
+    """Answer the readiness waiter ``ticket``: the pool holds ``size`` resources, at least
+    its ``min_size`` (see :mod:`lessor.core.pool.readiness`)."""
+
+    ticket: object
+    size: int
+
+
+Decision = (
+    Grant | Fail | Create | Destroy | Check | Reset | Expired | Reclaimed | AskBack | Drained
+    | Filled | AskShed
+)  # fmt: skip

@@ -19,11 +19,18 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from lessor import holder as holders
 from lessor.actors.pool_messages import EvictIdle
-from lessor.errors import AcquireTimeout, LessorError, NoSuchBatcher, NoSuchBreaker, ProtocolError
+from lessor.errors import (
+    AcquireTimeout,
+    LessorError,
+    NoSuchBatcher,
+    NoSuchBreaker,
+    NoSuchPool,
+    ProtocolError,
+)
 from lessor.handles import ops as leases
 from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
@@ -45,11 +52,15 @@ from lessor.protocol.messages import (
     PoolInfo,
     Release,
 )
+from lessor.protocol.quota_messages import Shed
 from lessor.specs import BreakerSpec, PoolSpec
 from lessor.specs.batch import BatchLimits
 from lessor.transport.connection import RuntimeConnection, open_connection
 from lessor.transport.node import ENV_ADDRESS, ENV_AUTHKEY, ENV_WORKER
 from lessor.worker.remote import RemoteActorRoute, RemoteRoute
+
+if TYPE_CHECKING:
+    from lessor.handles.local import LocalRoute
 
 #: open_connection lives in lessor.transport.connection; importers long found it here.
 __all__ = ["Client", "connect", "open_connection"]
@@ -118,7 +129,12 @@ class Client:
         self._conn.ask_later(target, message, on_answer)
 
     def acquire_timeout(self, pool: str) -> float:
-        """The pool's own ``acquire_timeout``: asked once per pool (Describe), then known."""
+        """The pool's own ``acquire_timeout``: asked once per pool (Describe), then known.
+
+        NoSuchPool if the runtime has no pool of that name now (the node's answer for
+        an unknown name; a target that is no pool, as a map job, refuses Describe).
+        Nothing is remembered for a name not found: a pool added later is found then.
+        """
         known = self._acquire_timeouts.get(pool)
         if known is not None:
             return known
@@ -127,14 +143,11 @@ class Client:
             if known is None:
                 try:
                     info = self.ask(pool, Describe(pool))
-                except ProtocolError:  # a runtime whose pools do not answer Describe
+                except ProtocolError:
                     info = None
-                known = (
-                    info.acquire_timeout
-                    if isinstance(info, PoolInfo)
-                    else leases.DEFAULT_ACQUIRE_TIMEOUT
-                )
-                self._acquire_timeouts[pool] = known
+                if not isinstance(info, PoolInfo):
+                    raise NoSuchPool(f"no pool named {pool!r} in this runtime")
+                known = self._acquire_timeouts[pool] = info.acquire_timeout
         return known
 
     # -- pools -------------------------------------------------------------------------
@@ -150,9 +163,13 @@ class Client:
 
         For a process-scoped pool this is the worker's own pool (live connections),
         each resource holding a lease on the runtime's global quota.
+
+        Raises NoSuchPool at once for a name the runtime has no pool of (asked once
+        per name, so a pool added after this worker spawned is found).
         """
         if name in self.local_specs:
             return self._local_pool(name)
+        self.acquire_timeout(name)  # the runtime's answer for the name (Describe), then known
         if not cache:
             return PoolHandle(RemoteRoute(self, name))
         with self._lock:
@@ -212,7 +229,7 @@ class Client:
 
     def _local_pool(self, name: str) -> PoolHandle:
         from lessor.handles.local import LocalRoute, start_pool
-        from lessor.worker.local_pools import local_spec, quota_holder
+        from lessor.worker.local_pools import StatsReporter, local_spec, quota_holder
 
         with self._lock:
             handle = self._local.get(name)
@@ -230,12 +247,17 @@ class Client:
                     self.on_push(self._quota_wanted)
                 if self._paused:  # made while this worker is paused: paused too
                     handle.actor_ref.tell(Admission("", True, "paused by the memory manager"))
+                StatsReporter(cast(LocalRoute, handle.route), lambda s: self.tell(name, s))
         return handle
 
     def _quota_wanted(self, message: Message) -> None:
-        if isinstance(message, GiveBack) and message.pool in self._local:
+        """The quota of one of this process's own pools wants tokens back: its idle
+        connections (GiveBack), or connections above this process's fair share (Shed)."""
+        local = self._local.get(getattr(message, "pool", ""))
+        if local is not None and isinstance(message, GiveBack | Shed):
             with contextlib.suppress(Exception):
-                self._local[message.pool].actor_ref.tell(EvictIdle())
+                route = cast("LocalRoute", local.route)  # (its actor's own message, not a Call)
+                route.deliver_internal(EvictIdle() if isinstance(message, GiveBack) else message)
 
     def _thread_gone(self, holder: str) -> None:
         """A thread of this process ended holding leases: they go back to their pools.

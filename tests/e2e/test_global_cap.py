@@ -23,10 +23,11 @@ def test_four_workers_never_open_more_than_max_total(server: pg.Postgres, tmp_pa
     app = "lessor-cap"
     rt = Runtime(handle_signals=False)
     try:
-        quota = rt.add_pool(
+        rt.add_pool(
             PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
                      scope="process", max_total=5)
         )  # fmt: skip
+        quota = rt.quota("pg")  # the global quota: a token per connection open anywhere
         seen: list[int] = []
         done = threading.Event()
 
@@ -59,10 +60,11 @@ def test_a_killed_workers_quota_and_sessions_come_back(server: pg.Postgres, tmp_
     app = "lessor-kill"
     rt = Runtime(handle_signals=False)
     try:
-        quota = rt.add_pool(
+        rt.add_pool(
             PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
                      scope="process", max_total=3)
         )  # fmt: skip
+        quota = rt.quota("pg")  # the global quota: a token per connection open anywhere
         rt.spawn_workers(targets.pg_hold, 1, args=("pg", 2, str(tmp_path)), restart="temporary")
         assert wait_until(lambda: len(list(tmp_path.iterdir())) == 1, timeout=30)
         (ready,) = tmp_path.iterdir()
@@ -83,10 +85,11 @@ def test_idle_quota_in_one_worker_flows_to_a_worker_that_waits(
     busy_dir.mkdir()
     rt = Runtime(handle_signals=False)
     try:
-        quota = rt.add_pool(
+        rt.add_pool(
             PoolSpec("pg", PostgresFactory(server.dsn, application_name=app), max_size=3,
                      scope="process", max_total=3, max_idle=60)
         )  # fmt: skip
+        quota = rt.quota("pg")  # the global quota: a token per connection open anywhere
         rt.spawn_workers(targets.pg_warm_then_idle, 1, args=("pg", 3, str(idle_dir)),
                          restart="temporary", name="hoarder")  # fmt: skip
         assert wait_until(lambda: len(list(idle_dir.iterdir())) == 1, timeout=30)
@@ -112,11 +115,12 @@ def test_worker_pools_recover_when_the_server_restarts(tmp_path: Path) -> None:
     app = "lessor-worker-restart"
     rt = Runtime(handle_signals=False)
     try:
-        quota = rt.add_pool(
+        rt.add_pool(
             PoolSpec("pg", PostgresFactory(own.dsn, application_name=app, check_idle_after=0),
                      max_size=2, scope="process", max_total=2,
                      create_backoff=0.05, create_backoff_max=0.2)
         )  # fmt: skip
+        quota = rt.quota("pg")  # the global quota: a token per connection open anywhere
         gate = rt.add_pool(PoolSpec("gate", TokenFactory(), max_size=1))
         held = gate.acquire(timeout=10)  # the worker waits here while the server restarts
         group = rt.spawn_workers(

@@ -19,7 +19,8 @@ class Pool:
     """A PoolCore and its owner's side: every Create comes back as r0, r1, ..."""
 
     def __init__(self, name: str = "p", orphans: tuple[Lease, ...] = (), **kw: Any) -> None:
-        core_kw = {k: kw.pop(k) for k in ("has_check", "has_reset", "reusable") if k in kw}
+        core_args = ("has_check", "has_reset", "reusable", "fair_share")
+        core_kw = {k: kw.pop(k) for k in core_args if k in kw}
         spec = PoolSpec(name, TokenFactory(), **{"max_idle": None, "max_lifetime": None, **kw})
         self.core = PoolCore(
             spec, epoch="e2", rng=random.Random(7), past_epochs=frozenset({"e1"}),

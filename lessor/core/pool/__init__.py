@@ -3,7 +3,8 @@
 ``from lessor.core.pool import PoolCore, Grant, ...`` is the way in. ``core`` has the
 calls an owner makes, ``state`` the moves every call ends with, and the parts are
 ``waitqueue`` (waiters), ``slots`` (resources), ``ledger`` (leases out), ``backoff``
-(a failing factory), ``recall`` (asking leases back) and ``stats``.
+(a failing factory), ``recall`` (asking leases back), ``readiness`` (``wait()``),
+``trying`` (``timeout=0``) and ``stats``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lessor.core.decisions import (
     Drained,
     Expired,
     Fail,
+    Filled,
     Grant,
     Reclaimed,
     Reset,
@@ -34,6 +36,7 @@ __all__ = [
     "Drained",
     "Expired",
     "Fail",
+    "Filled",
     "Grant",
     "PoolCore",
     "Reclaimed",

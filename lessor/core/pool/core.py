@@ -32,6 +32,7 @@ from lessor.core.breaker import refusal
 from lessor.core.decisions import Decision, Destroy, Drained, Expired, Fail, Reclaimed
 from lessor.core.pool.ledger import foreign
 from lessor.core.pool.state import PoolState
+from lessor.core.pool.trying import refuse_unless_free
 from lessor.errors import LessorError, PoolClosed, PoolExhausted, ShuttingDown
 from lessor.holder import Holder
 from lessor.protocol.messages import Lease
@@ -64,7 +65,8 @@ class PoolCore(PoolState):
         priority: int = 0,
         ttl: float | None = None,
     ) -> list[Decision]:
-        """Queue a request for a lease; answered by a Grant or Fail for ``ticket``."""
+        """Queue a request for a lease; answered by a Grant or Fail for ``ticket``.
+        ``timeout=0`` is a try: never waits for a release (see :mod:`.trying`)."""
         if self._slots.closed:
             raise PoolClosed(f"pool {self.spec.name!r} is closed")
         if not self._admitting:
@@ -85,6 +87,9 @@ class PoolCore(PoolState):
             if slot is not None:
                 self._grant(now, ticket, holder, ttl, now, slot, out)
                 return out
+        if timeout == 0:  # a try that the fast path could not serve
+            refuse_unless_free(self, holder)
+            timeout = None  # it waits only for what is on its way to it
         limit = self.spec.max_waiting
         # Queued ones, not those already in a Check; paused ones wait apart.
         if limit and self._admitted_waiting() >= limit:
@@ -96,6 +101,15 @@ class PoolCore(PoolState):
             timeout = self.spec.acquire_timeout
         queue.add(now, ticket, holder, priority, timeout, ttl)
         self._settle(now, out)
+        return out
+
+    def wait(self, now: float, ticket: object, timeout: float) -> list[Decision]:
+        """Answer ``ticket`` with Filled once the pool holds ``min_size`` resources, or
+        fail it at ``now + timeout`` (see :mod:`.readiness`)."""
+        self._refuse_if_shut(now)  # nothing would fill it
+        self._ready.add(now, ticket, timeout)
+        out: list[Decision] = []
+        self._settle(now, out)  # answers it at once if the pool holds them already
         return out
 
     def cancel(self, now: float, ticket: object) -> list[Decision]:
@@ -120,10 +134,14 @@ class PoolCore(PoolState):
         c = self.counters
         c.released += 1
         c.hold_ms.add((now - loan.lease.granted_at) * 1000.0)
+        if self._fair is not None:
+            self._fair.released(holder)
         out: list[Decision] = []
         if broken:
             c.broken += 1
             slots.destroy(slot, "broken", out)
+        elif self._shed_to > c.destroyed:  # its quota is wanted elsewhere (see ``shed``)
+            slots.destroy(slot, "shed", out)
         elif self._has_reset and not self._slots.closed:
             slots.reset(slot, out)
         else:
@@ -223,6 +241,7 @@ class PoolCore(PoolState):
         for waiter in self._queue.expire(now):
             self.counters.timeouts += 1
             out.append(Fail(waiter.ticket, self._timeout_error(waiter)))
+        self._ready.expire(now, self._not_ready, out)  # waits for min_size that ran out
         for loan in self._ledger.expired(now):
             out.append(Expired(loan.lease))
             self.counters.expired += 1
@@ -239,17 +258,18 @@ class PoolCore(PoolState):
         arms its timer with this and, after a tick, with ``next_deadline``. A wake-up
         for a deadline that went away meanwhile (a waiter served) only ticks early.
         """
-        q, ledger, slots, backoff, recall = (
+        q, ledger, slots, backoff, recall, ready = (
             self._queue,
             self._ledger,
             self._slots,
             self._backoff,
             self._recall,
+            self._ready,
         )
-        alarm = min(q.alarm, ledger.alarm, slots.alarm, backoff.alarm, recall.alarm)
+        alarm = min(q.alarm, ledger.alarm, slots.alarm, backoff.alarm, recall.alarm, ready.alarm)
         if alarm == _INF:
             return None
-        q.alarm = ledger.alarm = slots.alarm = backoff.alarm = recall.alarm = _INF
+        q.alarm = ledger.alarm = slots.alarm = backoff.alarm = recall.alarm = ready.alarm = _INF
         return alarm
 
     def next_deadline(self) -> float | None:
@@ -259,6 +279,7 @@ class PoolCore(PoolState):
             self._ledger.next_expiry(),
             self._slots.next_eviction(),
             self._recall.due,
+            self._ready.next_deadline(),
         ]
         if not self._slots.closed and self._demand() > 0:
             due.append(self._backoff.next_probe(self._slots.creating))
@@ -273,6 +294,8 @@ class PoolCore(PoolState):
         gone = LessorError(f"holder {holder} is gone")
         if self._paused.pop(holder, None) is not None:
             self._pausing = bool(self._paused)
+        if self._fair is not None:
+            self._fair.gone(holder)
         out: list[Decision] = [Fail(w.ticket, gone) for w in self._queue.take_holder(holder)]
         for loan in self._ledger.loans_of(holder):
             self._reclaim(now, loan, why, out)
@@ -297,6 +320,17 @@ class PoolCore(PoolState):
         """Destroy idle resources above ``min_size`` now (someone elsewhere needs quota)."""
         out: list[Decision] = []
         self._slots.evict_above_min(out)
+        return out
+
+    def shed(self, now: float, count: int) -> list[Decision]:
+        """Close ``count`` more resources (idle ones now, leased ones when released; any
+        destroyed meanwhile counts): a quota wants their tokens elsewhere (:mod:`.fairshare`)."""
+        slots, c = self._slots, self.counters
+        self._shed_to = max(self._shed_to, c.destroyed) + count
+        out: list[Decision] = []
+        while slots.idle and self._shed_to > c.destroyed:
+            slots.destroy(slots.idle.popleft(), "shed", out)
+        self._settle(now, out)
         return out
 
     def gate(self, now: float, breaker: str, state: str, until: float | None) -> list[Decision]:
@@ -332,9 +366,9 @@ class PoolCore(PoolState):
         self._admitting = False
 
     def fail_waiters(self, error: LessorError) -> list[Decision]:
-        """Answer every queued Acquire with ``error`` (shutdown, close, crash)."""
+        """Answer every queued Acquire and wait() with ``error`` (shutdown, close, crash)."""
         self._recall.stop()  # nobody waits any more
-        return [Fail(waiter.ticket, error) for waiter in self._queue.take_all()]
+        return [Fail(w.ticket, error) for w in self._queue.take_all()] + self._ready.fail_all(error)
 
     def begin_drain(self, now: float, error: LessorError) -> list[Decision]:
         """Shutdown, step 1: refuse new Acquires and fail the queued ones with ``error``."""

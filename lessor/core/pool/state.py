@@ -9,16 +9,19 @@ an owner makes are :class:`lessor.core.pool.core.PoolCore`'s.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from lessor.core.breaker import refusal
 from lessor.core.decisions import Create, Decision, Drained, Grant, Reclaimed
 from lessor.core.pool.backoff import Backoff
+from lessor.core.pool.fairshare import FairShare
 from lessor.core.pool.ledger import Ledger, Loan
+from lessor.core.pool.readiness import Readiness, not_ready
 from lessor.core.pool.recall import Recall
 from lessor.core.pool.slots import Slot, Slots
 from lessor.core.pool.stats import Counters, snapshot
 from lessor.core.pool.waitqueue import Waiter, WaitQueue
-from lessor.errors import AcquireTimeout
+from lessor.errors import AcquireTimeout, PoolClosed, ShuttingDown
 from lessor.holder import Holder
 from lessor.protocol.messages import Lease, PoolStats
 from lessor.specs import PoolSpec
@@ -50,6 +53,7 @@ class PoolState:
         past_epochs: frozenset[str] = frozenset(),
         orphans: Sequence[Lease] = (),
         paused: Mapping[str, str] | None = None,
+        fair_share: bool = False,
     ) -> None:
         self.spec = spec
         self.epoch = epoch
@@ -63,6 +67,7 @@ class PoolState:
         self._ledger = Ledger(spec.name, epoch, past_epochs, orphans)
         self._backoff = Backoff(spec.create_backoff, spec.create_backoff_max, rng)
         self._recall = Recall()
+        self._ready = Readiness()  # wait(): callers waiting for min_size resources
         self._drain_tickets: list[object] = []
         self._admitting = True
         #: (breaker, state, until) while the pool's breaker is open: no Acquire, no create
@@ -71,6 +76,9 @@ class PoolState:
         #: why; the key "" pauses everyone. ``_pausing``: any pause at all (the hot path).
         self._paused: dict[str, str] = dict(paused or {})
         self._pausing = bool(self._paused)
+        #: A global quota's fair shares (``fair_share``; see :mod:`.fairshare`), else None.
+        self._fair = FairShare(spec.max_size) if fair_share else None
+        self._shed_to = 0  # ``shed``: destroy on release until counters.destroyed reaches it
 
     # -- views -------------------------------------------------------------------------
 
@@ -169,7 +177,8 @@ class PoolState:
     # -- internals ---------------------------------------------------------------------
 
     def _settle(self, now: float, out: list[Decision]) -> None:
-        """After every change: serve waiters, ask for leases back, answer drain waiters."""
+        """After every change: serve waiters, ask for leases back, answer drain and
+        readiness waiters."""
         queued, slots = self._queue.queued, self._slots
         if queued or len(slots) + slots.creating < self.spec.min_size:
             self._dispatch(now, out)
@@ -179,6 +188,8 @@ class PoolState:
         if self._drain_tickets and self._drained:
             out += [Drained(ticket) for ticket in self._drain_tickets]
             self._drain_tickets.clear()
+        if self._ready.waiters and len(slots) >= self.spec.min_size:
+            self._ready.fill(len(slots), out)
 
     @property
     def _drained(self) -> bool:
@@ -188,14 +199,19 @@ class PoolState:
     def _update_recall(self, now: float, out: list[Decision]) -> None:
         if self._queue.queued and not self._slots.closed and self.starved:
             self._recall.update(now, self._ledger.holders, out)
+            if self._fair is not None:
+                self._fair.update(now, self._ledger, self._queue.queued.values(), self.admits, out)
         else:
             self._recall.stop()
 
     def _dispatch(self, now: float, out: list[Decision]) -> None:
         """Match queued waiters with idle resources, then plan creations for the rest."""
         queue, slots = self._queue, self._slots
-        admits = self.admits if self._pausing else None
+        admits: Callable[[str], bool] | None = self.admits if self._pausing else None
+        fair = self._fair
         while queue.queued and slots.idle:
+            if fair is not None:  # the fewest tokens first, not the oldest Acquire
+                admits = fair.first(now, self._ledger, queue.queued.values(), self.admits)
             waiter = queue.pop_best(admits)
             if waiter is None:  # everyone queued is paused
                 break
@@ -267,6 +283,20 @@ class PoolState:
             slots.to_idle(now, slot, out)
         else:  # the holder may still be touching it
             slots.destroy(slot, why, out)
+
+    def _refuse_if_shut(self, now: float) -> None:
+        """Raise what any request gets from a closed, draining or breaker-gated pool."""
+        if self._slots.closed:
+            raise PoolClosed(f"pool {self.spec.name!r} is closed")
+        if not self._admitting:
+            raise ShuttingDown(f"pool {self.spec.name!r} is shutting down")
+        if self._gate is not None:
+            raise refusal(*self._gate, now)
+
+    def _not_ready(self, timeout: float) -> AcquireTimeout:
+        """A readiness wait of ``timeout`` s ran out (see :mod:`.readiness`)."""
+        spec = self.spec
+        return not_ready(spec.name, self.size, spec.min_size, timeout, self._backoff.last_error)
 
     def _timeout_error(self, waiter: Waiter) -> AcquireTimeout:
         text = (
