@@ -19,12 +19,10 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
-from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
 from lessor.handles.batcher import Batcher
 from lessor.handles.breaker import Breaker
 from lessor.handles.cached import CachedRoute
-from lessor.handles.local import LocalRoute
 from lessor.handles.memory import MemoryManager
 from lessor.handles.pool import PoolHandle
 from lessor.holder import current_holder
@@ -33,6 +31,7 @@ from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
 from lessor.runtime.memory import RuntimeMemory
 from lessor.runtime.outcome import GroupOutcome
+from lessor.runtime.process_pools import RuntimePools, StatsBoard
 from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
 from lessor.runtime.shutdown import ask as _ask
 from lessor.runtime.signals import SignalHooks
@@ -53,19 +52,26 @@ from lessor.supervisor.events import Event, EventLog
 from lessor.supervisor.supervisor import AddChild, GetTree, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
 from lessor.transport.node import Node
-from lessor.worker.local_pools import quota_spec
 
 __all__ = ["Runtime", "ShutdownReport"]
 
 log = logging.getLogger("lessor.runtime")
 
 
-class Runtime(WorkerProcesses):
+class Runtime(WorkerProcesses, RuntimePools):
     """The supervision tree of this process. Use as a context manager or call ``shutdown``.
 
     Built in the main thread (and with ``handle_signals``), SIGTERM, SIGINT and
     interpreter exit shut it down gracefully; a second signal during that shutdown
     stops everything at once.
+
+    Options (keyword-only): ``strategy`` (default "one_for_one"), ``max_restarts``
+    (default 3) within ``max_seconds`` (default 5.0 s) and ``backoff`` (default None:
+    restart at once) are the root supervisor's, for its pools, breakers, batchers and
+    memory manager; worker groups have budgets of their own (docs/supervision.md).
+    ``shutdown_timeout`` (default 10.0 s) is how long ``shutdown()`` lets holders
+    release before it reclaims; ``handle_signals`` (default True) installs the SIGTERM
+    and SIGINT handlers; ``events`` (default 1000) is how many events are kept.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Runtime(WorkerProcesses):
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)
         self._pools: dict[str, PoolHandle] = {}
         self._caches: dict[str, PoolHandle] = {}  # pool -> its cached handle, if made
+        self._own: dict[str, PoolHandle] = {}  # process-scoped pool -> this process's own
+        self._board = StatsBoard()  # what workers say of their own pools
         self._breakers = Breakers()
         self._batchers = Batchers()
         self._memory: RuntimeMemory | None = None
@@ -102,7 +110,7 @@ class Runtime(WorkerProcesses):
         self._root_gone = False
         self._failed = threading.Event()
         self._root = start_supervised(
-            _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False
+            _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False, "root"
         )
         self._signals = SignalHooks(self.shutdown, self._closing, self._hurry, handle_signals)
 
@@ -114,33 +122,31 @@ class Runtime(WorkerProcesses):
         *,
         restart: Restart = "permanent",
         shutdown: float = 5.0,
+        fair_share: bool = True,
+        wait: bool = False,
+        wait_timeout: float = 30.0,
     ) -> PoolHandle:
         """Start a supervised pool; the handle follows it across restarts.
 
+        ``restart`` (default "permanent") and ``shutdown`` (default 5.0 s to stop) are
+        its child spec's. ``wait=True`` (default False) returns only once the pool
+        holds ``spec.min_size`` resources, as psycopg_pool's ``open(wait=True)``: past
+        ``wait_timeout`` (default 30.0 s) it raises AcquireTimeout, its cause the
+        factory's last error (a dead DSN is reported here, not at the first Acquire);
+        the pool stays in the tree and keeps trying.
+
         A ``spec.breaker`` must name a breaker added before (NoSuchBreaker).
         With ``spec.scope == "process"`` this starts the global quota of
-        ``spec.max_total`` (the returned handle leases quota tokens); each worker
-        spawned afterwards runs its own pool of the real resources under it.
+        ``spec.max_total`` (``quota(name)``), and every process that uses the pool runs
+        its own pool of the real resources under it: each worker, and this one (the
+        returned handle, as ``pool(name)``; started on first use). ``fair_share``
+        (default True) makes processes above their share of the quota give connections
+        back to one that waits with less (see :mod:`lessor.core.pool.fairshare`).
         """
         self._check()
-        if spec.scope == "process":
-            # Workers run the real pools; here lives the global quota they draw on.
-            with self._lock:
-                self._process_specs[spec.name] = spec
-            spec = quota_spec(spec)  # (the workers' pools obey its breaker, not the quota)
-        breaker = self._breakers.get(spec.breaker) if spec.breaker else None
-        kwargs: dict[str, Any] = {"lineage": PoolLineage(), "events": self.event_log}
-        if breaker is not None:
-            kwargs["gate"] = breaker.gate
-        child = self.add_child(ChildSpec(spec.name, PoolActor, (spec,), kwargs, restart, shutdown))
-        route = LocalRoute(child, spec)
-        if breaker is not None:
-            breaker.guard_pool(route)
-        handle = PoolHandle(route)
-        with self._lock:
-            self._pools[spec.name] = handle
-            if self._node is not None:
-                self._node.register(spec.name, route)
+        handle = self._add_pool(spec, restart, shutdown, fair_share)
+        if wait:
+            handle.wait(wait_timeout)
         return handle
 
     def add_breaker(
@@ -190,7 +196,7 @@ class Runtime(WorkerProcesses):
         """
         self._check()
         memory = RuntimeMemory(
-            spec or MemorySpec(), lambda: dict(self._pools),
+            spec or MemorySpec(), self._all_pools,
             lambda: [c.route for c in list(self._caches.values())], lambda: self._node,
             lambda: list(self._outcomes),
         )  # fmt: skip
@@ -223,21 +229,13 @@ class Runtime(WorkerProcesses):
         return child
 
     def pool(self, name: str, *, cache: bool = False) -> PoolHandle:
-        """Pool ``name``; ``cache=True`` (default False): the runtime's one cached handle
+        """Pool ``name`` (process-scoped: this process's own pool of it, real resources
+        under the quota); ``cache=True`` (default False): the runtime's one cached handle
         of it, a pair in a few µs (see :mod:`lessor.handles.cached`)."""
-        try:
-            handle = self._pools[name]
-        except KeyError:
-            raise NoSuchPool(f"no pool named {name!r} in this runtime") from None
-        if not cache:
-            return handle
-        with self._lock:
-            self._check()  # a cache made after shutdown would never be closed
-            cached = self._caches.get(name)
-            if cached is None:
-                route = cast(LocalRoute, handle.route)
-                cached = self._caches[name] = PoolHandle(CachedRoute(route.target, route.spec))
-        return cached
+        handle = self._own.get(name) or self._pools.get(name)
+        if handle is None:
+            raise NoSuchPool(f"no pool named {name!r} in this runtime")
+        return self._cached(name, handle) if cache else handle
 
     def tree(self) -> dict[str, Any]:
         """The live tree: id, kind, state, restarts, uptime and children of every node."""
@@ -246,6 +244,9 @@ class Runtime(WorkerProcesses):
         return tree
 
     def events(self) -> list[Event]:
+        """What the tree did, oldest first: starts, failures, restarts, reclaimed leases,
+        worker exits, memory actions (``Event(at, kind, node, detail)``: ``node`` a path,
+        ``at`` in ``time.time()`` seconds). The last ``Runtime(events=1000)`` are kept."""
         return self.event_log.snapshot()
 
     # -- failure -----------------------------------------------------------------------
@@ -304,8 +305,7 @@ class Runtime(WorkerProcesses):
         if closer == me:  # re-entered on the thread that is shutting down
             self._hurry.set()
             raise RuntimeStopped("a shutdown is under way on this thread; it is hurried now")
-        with self._lock:
-            handles = list(self._pools.values())
+        handles = list(self._all_pools().values())
         taken = reclaim_holder(live(handles), current_holder())  # or they would wait for us
         with self._lock:
             self._from_caller += taken
@@ -326,6 +326,7 @@ class Runtime(WorkerProcesses):
         from_caller: list[Lease] = []
         killed: list[str] = []
         unflushed: dict[str, int] = {}
+        own: tuple[list[Lease], list[Lease]] = ([], [])  # own pools': from caller, at deadline
         interrupted: KeyboardInterrupt | None = None
         try:
             log.info("shutting down: draining for up to %.3gs", deadline - began)
@@ -338,12 +339,14 @@ class Runtime(WorkerProcesses):
             caches = [cast(CachedRoute, c.route) for c in self._caches.values()]
             for cache in caches:  # nothing parks now; the caller's leases come back
                 cache.drain(caller)
+            own[0].extend(self._drain_own(caller))  # own pools of process-scoped pools
             self._breakers.close()  # their last outcomes, while the breakers still run
             self._batchers.drain()  # from now on every item runs at once
 
             def settle() -> None:  # the workers are gone: what they handed in runs
                 self._batchers.wait_idle(deadline, self._hurry)
                 unflushed.update(self._batchers.fail_outstanding())
+                own[1].extend(self._settle_own())  # tokens back before the quotas reclaim
 
             try:
                 reclaimed, from_caller, killed = drain(
@@ -370,9 +373,9 @@ class Runtime(WorkerProcesses):
             self._signals.restore()
         finally:
             with self._lock:
-                from_caller += self._from_caller  # and those of callers that came meanwhile
+                from_caller += self._from_caller + own[0]  # (+ callers that came meanwhile)
                 report = make_report(
-                    began, reclaimed, killed, self._failure, from_caller, unflushed
+                    began, reclaimed + own[1], killed, self._failure, from_caller, unflushed
                 )
                 self._report = report
             self._closed.set()
