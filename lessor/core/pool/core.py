@@ -33,7 +33,7 @@ from lessor.core.decisions import Decision, Destroy, Drained, Expired, Fail, Rec
 from lessor.core.pool.ledger import foreign
 from lessor.core.pool.state import PoolState
 from lessor.core.pool.trying import refuse_unless_free
-from lessor.errors import LessorError, PoolClosed, PoolExhausted, ShuttingDown
+from lessor.errors import LessorError, PoolClosed, PoolExhausted
 from lessor.holder import Holder
 from lessor.protocol.messages import Lease
 
@@ -67,12 +67,7 @@ class PoolCore(PoolState):
     ) -> list[Decision]:
         """Queue a request for a lease; answered by a Grant or Fail for ``ticket``.
         ``timeout=0`` is a try: never waits for a release (see :mod:`.trying`)."""
-        if self._slots.closed:
-            raise PoolClosed(f"pool {self.spec.name!r} is closed")
-        if not self._admitting:
-            raise ShuttingDown(f"pool {self.spec.name!r} is shutting down")
-        if self._gate is not None:
-            raise refusal(*self._gate, now)
+        self._refuse_if_shut(now)
         queue = self._queue
         if ticket in queue.queued:
             raise ValueError(f"ticket {ticket!r} is already waiting")
