@@ -237,8 +237,15 @@ def _failed(job: str, index: int, exc: Exception) -> TaskResult:
         text = f"<{name}: str() failed>"
     where = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # not _run
     formatted = "".join(traceback.format_exception(kind, exc, where))
-    text, name = _bounded(text, MAX_ERROR_TEXT), _bounded(name, MAX_ERROR_TYPE)
-    return TaskResult(job, index, False, None, text, name, _bounded(formatted, MAX_TRACEBACK))
+    text, name = _bounded(_utf8(text), MAX_ERROR_TEXT), _bounded(name, MAX_ERROR_TYPE)
+    return TaskResult(job, index, False, None, text, name,
+                      _bounded(_utf8(formatted), MAX_TRACEBACK))  # fmt: skip
+
+
+def _utf8(text: str) -> str:
+    """``text`` that can travel: a lone surrogate (a surrogate-escaped file name in a
+    message) made the whole TaskResult unsendable, and the real error was lost."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -204,6 +204,18 @@ def test_a_huge_error_is_cut_so_its_result_fits_a_frame() -> None:
     assert result.error_type == "ValueError"
 
 
+def test_an_error_text_with_a_lone_surrogate_still_travels() -> None:
+    """A surrogate-escaped file name in an error's text is not UTF-8 as it is."""
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    try:
+        raise ValueError(f"cannot read {name}")
+    except ValueError as exc:
+        result = _failed("map-1", 0, exc)
+    assert wire.parse(wire.frame(wire.Kind.TELL, 1, "map-1", result))[3] == result
+    assert result.error_type == "ValueError"
+    assert result.error == "cannot read caf\\udce9.txt"
+
+
 def test_an_uncaught_task_failed_prints_the_workers_traceback() -> None:
     remote = 'Traceback (most recent call last):\n  File "jobs.py", line 3, in f\nValueError: x\n'
     error = TaskFailed("item 2: ValueError: x", "ValueError", "x", remote, 2)

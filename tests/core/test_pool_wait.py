@@ -84,6 +84,15 @@ def test_waiters_are_answered_by_the_creation_that_reaches_min_size() -> None:
     assert c.tick(10.0) == []  # answered once: their deadlines are gone
 
 
+def test_a_cancelled_wait_is_dropped_not_kept_till_its_deadline() -> None:
+    c = core(min_size=1)
+    assert c.wait(0.0, "gone", 5.0) == []
+    assert c.wait(0.0, "kept", 5.0) == []
+    c.cancel(0.1, "gone")  # its caller gave up (Ctrl-C, a cancelled reply)
+    assert of(c.created(0.2, "r0"), Filled) == [Filled("kept", 1)]
+    assert c.wait(0.3, "gone", 5.0) == [Filled("gone", 1)]  # the ticket is free again
+
+
 def test_a_failing_factory_fails_the_wait_at_its_deadline_naming_the_error() -> None:
     c = core(min_size=1)
     assert c.wait(0.0, "w", 2.0) == []

@@ -110,6 +110,7 @@ class PoolCore(PoolState):
     def cancel(self, now: float, ticket: object) -> list[Decision]:
         """The caller gave up waiting (its reply was cancelled first): drop its request."""
         self._queue.cancel(ticket)
+        self._ready.waiters.pop(ticket, None)  # or a wait(): not kept till its deadline
         out: list[Decision] = []
         self._update_recall(now, out)  # maybe no longer starved
         return out
