@@ -133,7 +133,8 @@ class Runtime(WorkerProcesses, RuntimePools):
         holds ``spec.min_size`` resources, as psycopg_pool's ``open(wait=True)``: past
         ``wait_timeout`` (default 30.0 s) it raises AcquireTimeout, its cause the
         factory's last error (a dead DSN is reported here, not at the first Acquire);
-        the pool stays in the tree and keeps trying.
+        the pool stays in the tree and keeps trying. For ``scope="process"`` it waits on
+        this process's own pool, so ``min_size`` connections are opened here too.
 
         A ``spec.breaker`` must name a breaker added before (NoSuchBreaker).
         With ``spec.scope == "process"`` this starts the global quota of
