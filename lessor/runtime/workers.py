@@ -278,11 +278,8 @@ class WorkerProcesses:
         return MapRun(job, node, spawn, self._stop_group, workers, timeout)
 
     def _stop_group(self, group: ChildRef, grace: float) -> None:
-        """Drain a map's group (``grace`` s), kill what is left, remove it. Idempotent."""
-        with contextlib.suppress(LessorError):
-            _ask(group.current(0.0), StopWorkers(grace), grace + 30, group.path)
-        with contextlib.suppress(LessorError):
-            _ask(self._root, RemoveChild(group.id), 60)
+        """``stop_workers`` for a map's group, which also forgets its outcome. Idempotent."""
+        self.stop_workers(group, grace)
         with self._lock:
             self._outcomes.pop(group, None)
 
