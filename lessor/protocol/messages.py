@@ -50,6 +50,7 @@ __all__ = [
     "FlushBatcher",
     "ForceBreaker",
     "GetStats",
+    "GetStatus",
     "GiveBack",
     "Hello",
     "Lease",
@@ -69,6 +70,7 @@ __all__ = [
     "Renew",
     "Results",
     "Shed",
+    "Status",
     "Submit",
     "Task",
     "TaskResult",
@@ -160,7 +162,13 @@ class GetStats(Message):
 @message(6)
 @dataclass(frozen=True, slots=True)
 class PoolStats(Message):
-    """A frozen snapshot of one pool. Gauges and counters are counts; times carry ``_ms``."""
+    """A frozen snapshot of one pool. Gauges and counters are counts; times carry ``_ms``.
+
+    ``holders``: leases out now, by holder id; ``reclaimed_by`` counts leases taken back
+    by why; ``*_ms_buckets`` count every
+    wait (hold) ever, per bucket of :data:`lessor.core.samples.BOUNDS_MS` (+Inf last),
+    and ``*_ms_sum`` is their sum: a histogram, where the percentiles are recent only.
+    """
 
     pool: str
     size: int
@@ -186,6 +194,12 @@ class PoolStats(Message):
     hold_ms_p50: float
     hold_ms_p95: float
     hold_ms_p99: float
+    holders: dict[str, int]
+    reclaimed_by: dict[str, int]
+    wait_ms_buckets: list[int]
+    wait_ms_sum: float
+    hold_ms_buckets: list[int]
+    hold_ms_sum: float
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELDS[PoolStats]}
@@ -342,6 +356,7 @@ from lessor.protocol.breaker_messages import (  # noqa: E402
     ProbeResult,
     WatchBreaker,
 )
+from lessor.protocol.control_messages import GetStatus, Status  # noqa: E402
 from lessor.protocol.memory_messages import Admission, Cleanup, MemoryStats  # noqa: E402
 from lessor.protocol.pool_messages import Ready, Wait  # noqa: E402
 from lessor.protocol.quota_messages import LocalPoolStats, Shed  # noqa: E402

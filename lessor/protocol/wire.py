@@ -43,7 +43,8 @@ __all__ = [
 
 #: 2: Lease.contended. 3: HELLO before the challenge, per-worker keys, Describe/PoolInfo.
 #: 4: typed values (msgpack ext types), chunked map Tasks, TaskResult error detail, pool Wait/Ready.
-PROTOCOL_VERSION = 4
+#: 5: PoolStats histograms and reclaims by why; GetStatus/Status for control peers.
+PROTOCOL_VERSION = 5
 #: Larger frames are refused and their connection closed (the stream cannot be resynced).
 MAX_FRAME = 1 << 20
 #: The HELLO frame is read before authentication: it must be small.

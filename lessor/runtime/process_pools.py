@@ -106,7 +106,7 @@ class OwnPool(LeaseOps):
     def ask(self, message: Message, timeout: float | None = None) -> Any:
         if self.started is None and isinstance(message, GetStats):
             return snapshot(self.name, Counters(), size=0, idle=0, leased=0, checking=0,
-                            creating=0, waiting=0)  # fmt: skip
+                            creating=0, waiting=0, holders={})  # fmt: skip
         return self.route().ask(message, timeout)
 
     def acquire(

@@ -165,6 +165,10 @@ class Ledger:
     def loans_of(self, holder: Holder) -> list[Loan]:
         return [self._out[lease_id] for lease_id in self._by_holder.get(holder, ())]
 
+    def held(self) -> dict[str, int]:
+        """How many leases each holder has now (orphans not included)."""
+        return {str(holder): len(ids) for holder, ids in self._by_holder.items()}
+
     def holders(self) -> list[Holder]:
         """Everyone who holds a lease, orphans included, each once."""
         return list(dict.fromkeys([*self._by_holder, *(h for _, h in self._orphans.values())]))

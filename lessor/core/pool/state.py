@@ -19,7 +19,7 @@ from lessor.core.pool.ledger import Ledger, Loan
 from lessor.core.pool.readiness import Readiness, not_ready
 from lessor.core.pool.recall import Recall
 from lessor.core.pool.slots import Slot, Slots
-from lessor.core.pool.stats import Counters, snapshot
+from lessor.core.pool.stats import Counters, count_reclaim, snapshot
 from lessor.core.pool.waitqueue import Waiter, WaitQueue
 from lessor.errors import AcquireTimeout, PoolClosed, ShuttingDown
 from lessor.holder import Holder
@@ -172,6 +172,7 @@ class PoolState:
             checking=self.checking,
             creating=self.creating,
             waiting=self.waiting,
+            holders=self._ledger.held(),
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -276,6 +277,7 @@ class PoolState:
         self._ledger.end(loan, why)
         out.append(Reclaimed(lease, why))
         self.counters.reclaimed += 1
+        count_reclaim(self.counters, why)
         self.counters.hold_ms.add((now - lease.granted_at) * 1000.0)
         if self._reusable and self._has_reset and not self._slots.closed:
             slots.reset(slot, out)  # like any returned resource

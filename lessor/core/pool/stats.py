@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from lessor.core.samples import Samples
 from lessor.protocol.messages import PoolStats
 
-__all__ = ["Counters", "snapshot"]
+__all__ = ["Counters", "count_reclaim", "snapshot"]
 
 
 @dataclass(slots=True)
@@ -25,8 +25,14 @@ class Counters:
     expired: int = 0
     reclaimed: int = 0
     rejected: int = 0
+    #: ``reclaimed`` by why ("expired", "holder died", "shutdown deadline", ...).
+    reclaimed_by: dict[str, int] = field(default_factory=dict)
     wait_ms: Samples = field(default_factory=Samples)
     hold_ms: Samples = field(default_factory=Samples)
+
+
+def count_reclaim(c: Counters, why: str, n: int = 1) -> None:
+    c.reclaimed_by[why] = c.reclaimed_by.get(why, 0) + n
 
 
 def snapshot(
@@ -39,6 +45,7 @@ def snapshot(
     checking: int,
     creating: int,
     waiting: int,
+    holders: dict[str, int],
 ) -> PoolStats:
     """Gauges (resources in each state now, Acquires waiting) and counters, frozen."""
     w50, w95, w99 = c.wait_ms.percentiles(0.5, 0.95, 0.99)
@@ -51,4 +58,7 @@ def snapshot(
         check_failures=c.check_failures, expired=c.expired, reclaimed=c.reclaimed,
         rejected=c.rejected, wait_ms_p50=w50, wait_ms_p95=w95, wait_ms_p99=w99,
         hold_ms_p50=h50, hold_ms_p95=h95, hold_ms_p99=h99,
+        holders=holders, reclaimed_by=dict(c.reclaimed_by),
+        wait_ms_buckets=list(c.wait_ms.buckets), wait_ms_sum=c.wait_ms.total,
+        hold_ms_buckets=list(c.hold_ms.buckets), hold_ms_sum=c.hold_ms.total,
     )  # fmt: skip
