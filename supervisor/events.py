@@ -45,12 +45,14 @@ class EventLog:
 
     def __init__(self, size: int = 1000) -> None:
         self._ring: deque[Event] = deque(maxlen=size)
+        self._counts: dict[str, int] = {}  # every event ever, by kind
         self._lock = threading.Lock()
 
     def emit(self, kind: EventKind, node: str, detail: str = "") -> Event:
         event = Event(time.time(), kind, node, detail)
         with self._lock:
             self._ring.append(event)
+            self._counts[kind] = self._counts.get(kind, 0) + 1
         log.log(_LEVELS.get(kind, logging.INFO), "%s %s%s", node, kind,
                 f": {detail}" if detail else "",
                 extra={"lessor": {"event": kind, "node": node, "detail": detail}})  # fmt: skip
@@ -59,3 +61,8 @@ class EventLog:
     def snapshot(self) -> list[Event]:
         with self._lock:
             return list(self._ring)
+
+    def counts(self) -> dict[str, int]:
+        """Events since the log was made, by kind: the ring forgets, these do not."""
+        with self._lock:
+            return dict(self._counts)

@@ -77,7 +77,8 @@ class WorkerStatus:
 class WorkerInfo:
     """One slot's current or last worker. ``running``: its exit is not known yet;
     ``restarting``: waiting out its backoff; ``done``: exited for good; ``recycles``:
-    times it was replaced by the memory manager (not counted in ``restarts``)."""
+    times it was replaced by the memory manager (not counted in ``restarts``);
+    ``uptime_s``: seconds its process has run (0.0 once it has exited)."""
 
     id: str
     pid: int | None
@@ -86,6 +87,7 @@ class WorkerInfo:
     restarting: bool
     done: bool
     recycles: int = 0
+    uptime_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ class _Slot:
     incarnation: int = 0
     process: BaseProcess | None = None  # the running process; None once it has exited
     pid: int | None = None  # of the current or last process
+    started: float = 0.0  # time.monotonic() when the current or last process started
     worker_id: str = ""
     restarts: int = 0
     restarting: bool = False  # waiting out its backoff delay
@@ -169,8 +170,10 @@ class WorkerGroup(pykka.ThreadingActor):
             case WorkerPids():
                 return [s.pid for s in self.slots if s.process is not None]
             case WorkerStatus():
+                now = time.monotonic()
                 return [WorkerInfo(s.worker_id, s.pid, s.process is not None, s.restarts,
-                                   s.restarting, s.done, s.recycles)
+                                   s.restarting, s.done, s.recycles,
+                                   round(now - s.started, 3) if s.process else 0.0)
                         for s in self.slots]  # fmt: skip
             case RecycleWorker(worker_id, why, grace):
                 return self._recycle(worker_id, why, grace)
@@ -210,7 +213,7 @@ class WorkerGroup(pykka.ThreadingActor):
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         assert process.pid is not None
         self.node.bind_pid(slot.worker_id, process.pid)
-        slot.process, slot.pid = process, process.pid
+        slot.process, slot.pid, slot.started = process, process.pid, time.monotonic()
         me, incarnation = self.actor_ref, slot.incarnation
 
         def watch() -> None:

@@ -128,6 +128,10 @@ class Batchers:
             self.targets[spec.name] = target
         return handle, target
 
+    def all(self) -> dict[str, Batcher]:
+        with self._lock:
+            return dict(self._handles)
+
     def get(self, name: str) -> Batcher:
         try:
             return self._handles[name]

@@ -67,6 +67,10 @@ class Breakers:
             self.targets[spec.name] = target
         return handle, target
 
+    def all(self) -> dict[str, Breaker]:
+        with self._lock:
+            return dict(self._handles)
+
     def get(self, name: str) -> Breaker:
         try:
             return self._handles[name]

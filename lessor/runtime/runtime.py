@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
 from lessor.errors import LessorError, NoSuchPool, RuntimeStopped, SupervisorGaveUp
 from lessor.handles.batcher import Batcher
@@ -30,6 +31,7 @@ from lessor.protocol.messages import Lease
 from lessor.runtime.batchers import Batchers
 from lessor.runtime.breakers import Breakers
 from lessor.runtime.memory import RuntimeMemory
+from lessor.runtime.observe import Observing
 from lessor.runtime.outcome import GroupOutcome
 from lessor.runtime.process_pools import RuntimePools, StatsBoard
 from lessor.runtime.shutdown import ShutdownReport, drain, live, make_report, reclaim_holder
@@ -48,8 +50,8 @@ from lessor.specs import (
 )
 from lessor.specs.memory import MemorySpec
 from lessor.supervisor.child import ChildRef
-from lessor.supervisor.events import Event, EventLog
-from lessor.supervisor.supervisor import AddChild, GetTree, start_supervised
+from lessor.supervisor.events import EventLog
+from lessor.supervisor.supervisor import AddChild, start_supervised
 from lessor.supervisor.supervisor import Supervisor as _Supervisor
 from lessor.transport.node import Node
 
@@ -58,7 +60,7 @@ __all__ = ["Runtime", "ShutdownReport"]
 log = logging.getLogger("lessor.runtime")
 
 
-class Runtime(WorkerProcesses, RuntimePools):
+class Runtime(WorkerProcesses, RuntimePools, Observing):
     """The supervision tree of this process. Use as a context manager or call ``shutdown``.
 
     Built in the main thread (and with ``handle_signals``), SIGTERM, SIGINT and
@@ -72,6 +74,9 @@ class Runtime(WorkerProcesses, RuntimePools):
     ``shutdown_timeout`` (default 10.0 s) is how long ``shutdown()`` lets holders
     release before it reclaims; ``handle_signals`` (default True) installs the SIGTERM
     and SIGINT handlers; ``events`` (default 1000) is how many events are kept.
+    ``control`` (default False; or env ``LESSOR_CONTROL=1``) lets ``lessor top`` and
+    ``lessor status`` attach (docs/operations.md); ``metrics_port`` (default None: no
+    endpoint) serves Prometheus metrics on 127.0.0.1 (:meth:`serve_metrics`).
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class Runtime(WorkerProcesses, RuntimePools):
         shutdown_timeout: float = 10.0,
         handle_signals: bool = True,
         events: int = 1000,
+        control: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         self.shutdown_timeout = shutdown_timeout
         self.event_log = EventLog(events)
@@ -113,6 +120,8 @@ class Runtime(WorkerProcesses, RuntimePools):
             _Supervisor, (self._spec, self.event_log, "root"), {}, self._root_exited, False, "root"
         )
         self._signals = SignalHooks(self.shutdown, self._closing, self._hurry, handle_signals)
+        self._started, self._metrics, self._control = time.monotonic(), None, None
+        self._open_views(control or os.environ.get("LESSOR_CONTROL") == "1", metrics_port)
 
     # -- building the tree -------------------------------------------------------------
 
@@ -238,18 +247,6 @@ class Runtime(WorkerProcesses, RuntimePools):
             raise NoSuchPool(f"no pool named {name!r} in this runtime")
         return self._cached(name, handle) if cache else handle
 
-    def tree(self) -> dict[str, Any]:
-        """The live tree: id, kind, state, restarts, uptime and children of every node."""
-        self._check()
-        tree: dict[str, Any] = _ask(self._root, GetTree(), 30)
-        return tree
-
-    def events(self) -> list[Event]:
-        """What the tree did, oldest first: starts, failures, restarts, reclaimed leases,
-        worker exits, memory actions (``Event(at, kind, node, detail)``: ``node`` a path,
-        ``at`` in ``time.time()`` seconds). The last ``Runtime(events=1000)`` are kept."""
-        return self.event_log.snapshot()
-
     # -- failure -----------------------------------------------------------------------
 
     @property
@@ -369,6 +366,7 @@ class Runtime(WorkerProcesses, RuntimePools):
                 cache.close()
             if self._memory is not None:
                 self._memory.close()
+            self._stop_serving()
             if self._node is not None:
                 self._node.close()
             self._signals.restore()

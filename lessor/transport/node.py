@@ -48,13 +48,16 @@ from lessor.protocol.messages import ErrorReply, Hello, Message
 from lessor.protocol.wire import Kind
 from lessor.transport.peer import Peer, WireReply
 
-__all__ = ["ENV_ADDRESS", "ENV_AUTHKEY", "ENV_WORKER", "HANDSHAKE_TIMEOUT", "Node", "Target"]
+__all__ = ["CONTROL", "ENV_ADDRESS", "ENV_AUTHKEY", "ENV_WORKER", "HANDSHAKE_TIMEOUT", "Node",
+           "Target"]  # fmt: skip
 
 log = logging.getLogger("lessor.transport.node")
 
 ENV_ADDRESS = "LESSOR_ADDRESS"
 ENV_AUTHKEY = "LESSOR_AUTHKEY"
 ENV_WORKER = "LESSOR_WORKER_ID"
+#: Ids ``control/<anything>`` prove the control key and reach ``control:<name>`` targets.
+CONTROL = "control"
 
 #: Seconds a new connection has to say HELLO and pass both challenges.
 HANDSHAKE_TIMEOUT = 5.0
@@ -213,6 +216,18 @@ class Node:
     def _key(self, worker_id: str) -> bytes:
         return hmac.new(self.authkey, worker_id.encode(), hashlib.sha256).digest()
 
+    def control_key(self) -> bytes:
+        """The key of every ``control/...`` id: it reaches ``control:`` targets only."""
+        return self._key(CONTROL)
+
+    def _key_for(self, worker_id: str) -> bytes:
+        if worker_id.startswith(f"{CONTROL}/"):
+            return self.control_key()
+        with self._lock:
+            known = worker_id in self._known
+        # An unknown id meets a key nobody has: it fails like a wrong key.
+        return self._key(worker_id) if known else secrets.token_bytes(32)
+
     def _accept(self) -> None:
         while True:
             try:
@@ -265,10 +280,7 @@ class Node:
             kind, _, _, hello = wire.parse(timed.recv_bytes(wire.MAX_HELLO))
             if kind != Kind.HELLO or not isinstance(hello, Hello):
                 raise ProtocolError("a connection must open with HELLO")
-            with self._lock:
-                known = hello.worker_id in self._known
-            # An unknown id meets a key nobody has: it fails like a wrong key.
-            key = self._key(hello.worker_id) if known else secrets.token_bytes(32)
+            key = self._key_for(hello.worker_id)
             deliver_challenge(timed, key)  # type: ignore[arg-type]
             answer_challenge(timed, key)  # type: ignore[arg-type]
             pid, uid = _peer_credentials(conn, hello.pid)
@@ -339,6 +351,8 @@ class Node:
             self.stats.bad_frames += 1
             peer.error(corr, ProtocolError(f"a worker may not send {kind.name} frames here"))
             return
+        if name.startswith(f"{CONTROL}:") != peer.worker_id.startswith(f"{CONTROL}/"):
+            target = None  # a control peer only reads; a worker never reaches control
         if target is None:
             peer.error(corr, NoSuchPool(f"no pool or job named {name!r} in this runtime"))
             return
