@@ -185,6 +185,12 @@ class Observing:
             self._metrics = MetricsServer(self.status, port, addr)
             return self._metrics.port
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port metrics are served on (None when they are not)."""
+        metrics = self._metrics
+        return None if metrics is None else metrics.port
+
     def _stop_serving(self) -> None:
         with self._lock:
             metrics, self._metrics = self._metrics, None
