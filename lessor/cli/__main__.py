@@ -1,0 +1,7 @@
+"""``python -m lessor.cli``: the ``lessor`` command."""
+
+import sys
+
+from lessor.cli import main
+
+sys.exit(main())
