@@ -137,7 +137,8 @@ def pick(pid: int | None = None, socket: str | None = None) -> str:
     if not runtimes:
         raise ControlError(
             f"no lessor runtime to attach to in {registry_dir()} (start one with "
-            "Runtime(control=True), LESSOR_CONTROL=1, or `lessor run`)"
+            "Runtime(control=True), LESSOR_CONTROL=1, or control = true in a config's "
+            "[runtime] table)"
         )
     if len(runtimes) > 1:
         listed = ", ".join(f"{e.pid} ({' '.join(e.argv)[:40]})" for e in runtimes)
