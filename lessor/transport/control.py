@@ -22,6 +22,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
+from multiprocessing import AuthenticationError
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,9 @@ class ControlClient:
         me = f"{CONTROL}/{os.getpid()}/{secrets.token_hex(4)}"
         try:
             self._conn = open_connection(address, key, me, timeout)
+        except AuthenticationError:
+            raise ControlError(f"{address} refused the key in {key_path}: attaching needs "
+                               "the key of the runtime that made the socket") from None  # fmt: skip
         except (OSError, EOFError, LessorError) as exc:
             raise ControlError(f"cannot attach to {address}: {exc}") from None
         self._corr = itertools.count(1)
