@@ -19,6 +19,13 @@ from lessor.errors import LessorError
 __all__ = ["EmbeddedPostgres"]
 
 
+def _private(directory: str) -> bool:
+    try:
+        return directory != "" and os.stat(directory).st_mode & 0o077 == 0
+    except OSError:
+        return False
+
+
 class EmbeddedPostgres:
     """A PostgreSQL to use: ``dsn``; ``embedded`` says whether we started it."""
 
@@ -29,8 +36,8 @@ class EmbeddedPostgres:
         if self.dsn:
             return
         self._dir = tempfile.mkdtemp(prefix="lessor-pg-")
-        if "XDG_RUNTIME_DIR" not in os.environ:  # where pgserver locks: private (0700),
-            os.environ["XDG_RUNTIME_DIR"] = self._dir  # or platformdirs warns
+        if not _private(os.environ.get("XDG_RUNTIME_DIR", "")):  # where pgserver locks:
+            os.environ["XDG_RUNTIME_DIR"] = self._dir  # private (0700), or platformdirs warns
         try:
             import pgserver
         except ImportError:

@@ -55,7 +55,8 @@ def start() -> Postgres:
         return Postgres(dsn)
     import pgserver
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # where pgserver locks
+    if "XDG_RUNTIME_DIR" not in os.environ:  # where pgserver locks: private, or it warns
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="lessor-xdg-")
     server = pgserver.get_server(tempfile.mkdtemp(prefix="lessor-pg-"), cleanup_mode="stop")
     return Postgres(server.get_uri(), server)
 
