@@ -11,7 +11,7 @@ import math
 from bisect import bisect_left
 from collections import deque
 
-__all__ = ["BOUNDS_MS", "Samples"]
+__all__ = ["BOUNDS_MS", "Samples", "nearest_rank"]
 
 #: Upper bounds of the histogram's buckets (milliseconds, inclusive); a last bucket
 #: (+Inf) takes the rest. From 0.1 ms (an idle pool's grant) to 30 s (a default timeout).
@@ -40,6 +40,9 @@ class Samples:
         if not self._values:
             return tuple(0.0 for _ in qs)
         ordered = sorted(self._values)
-        last = len(ordered) - 1
-        n = len(ordered)
-        return tuple(ordered[min(last, max(0, math.ceil(q * n) - 1))] for q in qs)
+        return tuple(nearest_rank(ordered, q) for q in qs)
+
+
+def nearest_rank(ordered: list[float], q: float) -> float:
+    """The ``q`` percentile (0 < q <= 1) of non-empty, sorted ``ordered``, by nearest rank."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

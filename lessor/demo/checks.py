@@ -14,10 +14,11 @@ many) to see each check fail.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from lessor.core.samples import nearest_rank
 
 __all__ = ["Check", "Hold", "double_grants", "peak", "percentile", "read_holds"]
 
@@ -87,10 +88,7 @@ def peak(holds: Iterable[Hold], pool: str) -> int:
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (0.0 of nothing)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return nearest_rank(sorted(values), q) if values else 0.0
 
 
 def run_checks(

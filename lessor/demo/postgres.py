@@ -16,7 +16,18 @@ from typing import Any
 
 from lessor.errors import LessorError
 
-__all__ = ["EmbeddedPostgres"]
+__all__ = ["EmbeddedPostgres", "crash"]
+
+
+def crash(server: Any) -> None:
+    """``pg_ctl stop -m immediate`` on a pgserver server: a crash, as clients see it."""
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    command = [str(pg_ctl), "-D", str(server.pgdata), "stop", "-m", "immediate"]
+    if os.geteuid() == 0:  # pgserver runs the server as its own user under root
+        command = ["su", server.system_user, "-c", " ".join(command)]
+    subprocess.run(command, check=True, capture_output=True)
 
 
 def _private(directory: str) -> bool:
@@ -57,13 +68,7 @@ class EmbeddedPostgres:
         """Crash the server (``pg_ctl stop -m immediate``) and start it again."""
         if self.server is None:
             raise LessorError("--restart-db needs the embedded server (LESSOR_PG_DSN is set)")
-        import pgserver
-
-        pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-        command = [str(pg_ctl), "-D", str(self.server.pgdata), "stop", "-m", "immediate"]
-        if os.geteuid() == 0:  # pgserver runs the server as its own user under root
-            command = ["su", self.server.system_user, "-c", " ".join(command)]
-        subprocess.run(command, check=True, capture_output=True)
+        crash(self.server)
         self.server.ensure_postgres_running()
 
     def close(self) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import pq
+
+from lessor.demo.postgres import crash
 
 
 @dataclass
@@ -36,14 +36,7 @@ class Postgres:
 
     def stop_immediately(self) -> None:
         """``pg_ctl stop -m immediate``: a crash, from the clients' point of view."""
-        import pgserver
-
-        pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-        command = f"{pg_ctl} -D {self.server.pgdata} stop -m immediate"
-        if os.geteuid() == 0:
-            subprocess.run(["su", self.server.system_user, "-c", command], check=True)
-        else:
-            subprocess.run(command.split(), check=True)
+        crash(self.server)
 
     def start_again(self) -> None:
         self.server.ensure_postgres_running()
