@@ -11,7 +11,6 @@ lost its lease might still be touching), and how many resources it can make at a
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -130,16 +129,26 @@ class TokenFactory(Factory[Any]):
     def __init__(self, tokens: Iterable[Any] | None = None) -> None:
         self._tokens: list[Any] | None = None if tokens is None else list(tokens)
         self.capacity = None if self._tokens is None else len(self._tokens)
-        self._counter = itertools.count()
+        self._next = 0  # the next integer, without tokens
         self._free: list[Any] = []
         self._lock = threading.Lock()  # create/destroy run on several pool worker threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable, to travel with a spec (to a Ray node agent); the lock is made anew."""
+        with self._lock:
+            return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def create(self) -> Any:
         with self._lock:
             if self._free:
                 return self._free.pop()
             if self._tokens is None:
-                return next(self._counter)
+                self._next += 1
+                return self._next - 1
             if not self._tokens:
                 raise LookupError("TokenFactory ran out of tokens (max_size > number of tokens)")
             return self._tokens.pop(0)

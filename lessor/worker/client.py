@@ -17,8 +17,9 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from lessor import holder as holders
@@ -309,7 +310,8 @@ class Client:
                 self.tell(target, Release(reply.id))
 
     def _lost(self) -> None:
-        log.warning("client: connection to the runtime lost; this worker exits")
+        if self.on_lost is _terminate_self:
+            log.warning("client: connection to the runtime lost; this worker exits")
         self.on_lost()
 
     def close(self) -> None:
@@ -336,16 +338,29 @@ _client: Client | None = None
 _client_lock = threading.Lock()
 
 
+def _reconnect_later() -> None:
+    log.info("client: connection to the node agent lost; the next connect() makes another")
+
+
 def connect() -> Client:
     """This worker's client, made from the environment its runtime set (once per process)."""
     global _client  # noqa: PLW0603 - one connection per process, by design
     with _client_lock:
         if _client is None or _client.closed:
+            env: Mapping[str, str] = os.environ
+            on_ray = ENV_ADDRESS not in env and "ray" in sys.modules
+            if on_ray:  # a Ray task or actor: ask its node's agent (again after a restart)
+                from lessor.ray.cluster import worker_env
+
+                env = worker_env()
             try:
-                address, key = os.environ[ENV_ADDRESS], os.environ[ENV_AUTHKEY]
+                address, key = env[ENV_ADDRESS], env[ENV_AUTHKEY]
             except KeyError:
                 raise LessorError(
-                    "lessor.connect() works in worker processes started by a Runtime"
+                    "lessor.connect() works in worker processes started by a Runtime, "
+                    "and in Ray tasks once lessor.ray.start() ran"
                 ) from None
-            _client = Client(address, bytes.fromhex(key), os.environ.get(ENV_WORKER, "?"))
+            _client = Client(address, bytes.fromhex(key), env.get(ENV_WORKER, "?"))
+            if on_ray:  # the process is Ray's: a lost agent means reconnect, not exit
+                _client.on_lost = _reconnect_later
         return _client

@@ -99,6 +99,7 @@ class QuotaFactory(Factory[Any]):
         self.quota = quota
         self.timeout = timeout
         self.reusable = wrapped.reusable
+        self.portable = wrapped.portable  # (a Ray node agent lends its tokens to tasks)
         self._leases: dict[int, Lease] = {}
         self._lock = threading.Lock()
 

@@ -1,0 +1,179 @@
+"""Starting lessor on a Ray cluster, finding it from a task, and stopping it.
+
+Everything is a detached actor in namespace ``lessor``, so it outlives the driver
+that started it and any driver can find or stop it:
+
+* ``lessor-root`` (:class:`Root`) keeps the pool specs and starts a node's agent the
+  first time a task on that node connects (a node that joined after ``start``);
+* ``lessor-pool-<name>``: one :class:`~lessor.ray.global_pool.GlobalPool` per pool;
+* ``lessor-node-<node id>``: one :class:`~lessor.ray.agent.NodeAgent` per node.
+
+Every one of them has ``num_cpus=0`` (an actor holds what it asks for as long as it
+lives) and ``max_restarts=-1``; none of their calls is retried by Ray
+(``max_task_retries=0``): a retried ``take`` could be granted twice. Giving a token
+back is idempotent, so an agent may retry that itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from lessor.errors import LessorError, NotPortable
+from lessor.ray.agent import NodeAgent
+from lessor.ray.global_pool import GlobalPool
+from lessor.ray.names import AGENT_PREFIX, NAMESPACE, POOL_PREFIX, agent_name, pool_actor
+from lessor.specs import PoolSpec
+
+__all__ = ["ROOT", "RayLessor", "Root", "find", "start", "stop", "worker_env"]
+
+ROOT = "lessor-root"
+_ACTOR = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "lifetime": "detached",
+          "namespace": NAMESPACE}  # fmt: skip
+
+
+def _alive_nodes() -> list[str]:
+    return [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _start_agent(node_id: str, pools: list[PoolSpec]) -> Any:
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    actor = ray.remote(NodeAgent)
+    return actor.options(name=agent_name(node_id), scheduling_strategy=strategy,
+                         get_if_exists=True, **_ACTOR).remote(node_id, pools)  # fmt: skip
+
+
+class Root:
+    """``lessor-root``: the specs, and an agent for every node that asks for one."""
+
+    def __init__(self, pools: list[PoolSpec]) -> None:
+        self.pools = pools
+
+    def specs(self) -> list[PoolSpec]:
+        return self.pools
+
+    def agent_for(self, node_id: str) -> str:
+        """Start node ``node_id``'s agent unless it runs; its name."""
+        _start_agent(node_id, self.pools)
+        return agent_name(node_id)
+
+
+class RayLessor:
+    """What :func:`start` started: its pools' names, and how to stop it all."""
+
+    def __init__(self, pools: Sequence[str]) -> None:
+        self.pools = list(pools)
+
+    def agents(self) -> list[Any]:
+        """The handles of the node agents running now."""
+        return [ray.get_actor(name, namespace=NAMESPACE) for name in _names(AGENT_PREFIX)]
+
+    def agent(self, node_id: str) -> Any:
+        return ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+
+    def global_pool(self, pool: str) -> Any:
+        """The handle of pool ``pool``'s global actor (``stats.remote()``, ``info.remote()``)."""
+        return ray.get_actor(pool_actor(pool), namespace=NAMESPACE)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop(timeout)
+
+
+def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) -> RayLessor:
+    """Start lessor on the Ray cluster this driver is connected to (``ray.init()`` first).
+
+    Each pool is cluster-wide: at most ``max_total`` (default ``max_size``) resources
+    in the whole cluster, at most ``max_size`` on one node. Its resources are borrowed
+    across processes, so its factory must make portable ones (tokens: slot numbers,
+    GPU ids, API keys); NotPortable otherwise. ``suspect_timeout`` (default None:
+    wait for Ray to declare the agent dead; seconds) reclaims the tokens of an agent
+    that stays unreachable that long, dead or partitioned (docs/ray.md).
+    Starting again with the same names returns what runs already.
+    """
+    if not ray.is_initialized():
+        raise LessorError("lessor.ray.start needs a Ray cluster: call ray.init() first")
+    specs = list(pools)
+    for spec in specs:
+        if not spec.factory.portable:
+            raise NotPortable(
+                f"pool {spec.name!r}: on Ray a pool lends its resources to other processes, "
+                "so its factory must make portable ones (TokenFactory)"
+            )
+    global_pool = ray.remote(GlobalPool)
+    handles = [
+        global_pool.options(name=pool_actor(spec.name), get_if_exists=True, **_ACTOR).remote(
+            spec, suspect_timeout
+        )
+        for spec in specs
+    ]
+    ray.get([handle.info.remote() for handle in handles])
+    root = ray.remote(Root).options(name=ROOT, get_if_exists=True, **_ACTOR).remote(specs)
+    agents = [_start_agent(node_id, ray.get(root.specs.remote())) for node_id in _alive_nodes()]
+    ray.get([agent.whoami.remote() for agent in agents])
+    return RayLessor([spec.name for spec in specs])
+
+
+def find() -> RayLessor | None:
+    """What runs on this cluster, started by any driver; None if nothing does."""
+    try:
+        root = ray.get_actor(ROOT, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    return RayLessor([spec.name for spec in ray.get(root.specs.remote())])
+
+
+def stop(timeout: float = 10.0) -> None:
+    """Drain every agent (tasks get ShuttingDown, tokens go back), then remove lessor's
+    actors from the cluster. ``timeout`` (default 10.0 s) is each agent's drain."""
+    agents = [ray.get_actor(name, namespace=NAMESPACE) for name in _names(AGENT_PREFIX)]
+    for ref in [agent.shutdown.remote(timeout) for agent in agents]:
+        with contextlib.suppress(ray.exceptions.RayError):  # (a dead agent has nothing to drain)
+            ray.get(ref, timeout=timeout + 10.0)
+    for agent in agents:
+        ray.kill(agent, no_restart=True)
+    pools = [ray.get_actor(name, namespace=NAMESPACE) for name in _names(POOL_PREFIX)]
+    for ref in [pool.stop.remote() for pool in pools]:
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(ref, timeout=10.0)
+    for pool in pools:
+        ray.kill(pool, no_restart=True)
+    if ROOT in _names(ROOT):
+        ray.kill(ray.get_actor(ROOT, namespace=NAMESPACE), no_restart=True)
+    deadline = time.monotonic() + 10.0
+    while _names("lessor-") and time.monotonic() < deadline:
+        time.sleep(0.05)  # until Ray forgets their names: start() may be called again
+
+
+def _names(prefix: str) -> list[str]:
+    return [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith(prefix)
+    ]
+
+
+def worker_env() -> dict[str, str]:
+    """What ``lessor.connect()`` needs in a Ray task or actor: its node agent's socket,
+    and a key for this process. The agent is started if the node has none yet."""
+    if not ray.is_initialized():
+        raise LessorError("lessor.connect() outside a worker needs Ray: call ray.init() first")
+    node_id = ray.get_runtime_context().get_node_id()
+    try:
+        agent = ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
+    except ValueError:
+        try:
+            root = ray.get_actor(ROOT, namespace=NAMESPACE)
+        except ValueError:
+            raise LessorError(
+                "lessor is not running on this Ray cluster: call lessor.ray.start(pools) "
+                "in a driver first"
+            ) from None
+        agent = ray.get_actor(ray.get(root.agent_for.remote(node_id)), namespace=NAMESPACE)
+    env: dict[str, str] = ray.get(agent.env.remote(os.getpid()))
+    return env

@@ -1,0 +1,33 @@
+"""Names in Ray: the namespace, the actors lessor starts, and who holds a token."""
+
+from __future__ import annotations
+
+from lessor.holder import Holder
+
+__all__ = ["AGENT_PREFIX", "NAMESPACE", "POOL_PREFIX", "agent_holder", "agent_name",
+           "parse_agent", "pool_actor"]  # fmt: skip
+
+#: The Ray namespace of every actor lessor starts.
+NAMESPACE = "lessor"
+AGENT_PREFIX = "lessor-node-"
+POOL_PREFIX = "lessor-pool-"
+
+
+def agent_name(node_id: str) -> str:
+    """The node agent of Ray node ``node_id`` (hex): ``lessor-node-<node id>``."""
+    return f"{AGENT_PREFIX}{node_id}"
+
+
+def parse_agent(name: str) -> str:
+    """The node id in an agent's name."""
+    return name.removeprefix(AGENT_PREFIX)
+
+
+def pool_actor(pool: str) -> str:
+    """The global pool actor of cluster-wide pool ``pool``: ``lessor-pool-<pool>``."""
+    return f"{POOL_PREFIX}{pool}"
+
+
+def agent_holder(name: str, pid: int) -> Holder:
+    """Who holds an agent process's tokens: ``worker:ray-node-<node id>:<pid>``."""
+    return Holder("worker", f"ray-node-{parse_agent(name)}:{pid}")
