@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from lessor.core.decisions import AskShed, Create, Decision, Destroy, Fail, Grant
+from lessor.core.decisions import AskBack, AskShed, Create, Decision, Destroy, Fail, Grant
 from lessor.core.pool import PoolCore
 from lessor.core.pool.fairshare import ROTATE_AFTER, SHED_PATIENCE, FairShare
 from lessor.factory import TokenFactory
@@ -292,6 +292,27 @@ def test_a_shed_waiter_of_the_own_pool_makes_a_new_resource() -> None:
     pool.core.shed(0.0, 1)
     out = pool.core.release(0.0, lease.id, me)
     assert of(out, Destroy) and of(out, Create) and not of(out, Grant)
+
+
+def test_a_shed_or_a_give_back_with_nothing_idle_asks_the_holders_that_park_leases() -> None:
+    """A pool lending to caches (a Ray node agent's tasks) may have nothing idle and no
+    waiter of its own: its quota's GiveBack or Shed must reach the parked leases."""
+    pool = Pool("own", max_size=2)
+    cache, thread = Holder.worker("ray-1", 11), Holder.thread(1, 1, 1)
+    pool.lease(0.0, 1, cache)
+    pool.lease(0.0, 2, thread)
+    assert [d.holders for d in of(pool.core.evict_idle(0.0), AskBack)] == [(cache,)]
+    assert [d.holders for d in of(pool.core.shed(0.0, 1), AskBack)] == [(cache,)]
+
+
+def test_with_an_idle_resource_a_give_back_closes_it_and_asks_nobody() -> None:
+    pool = Pool("own", max_size=2)
+    cache = Holder.worker("ray-1", 11)
+    pool.lease(0.0, 1, cache)
+    idle = pool.lease(0.0, 2, cache)
+    pool.core.release(0.0, idle.id, cache)
+    out = pool.core.evict_idle(0.0)
+    assert of(out, AskBack) == [] and [d.reason for d in of(out, Destroy)] == ["idle"]
 
 
 # -- mutants: each breaks one rule; the machine catches it --------------------------------

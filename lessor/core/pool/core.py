@@ -29,8 +29,9 @@ from dataclasses import replace
 from typing import Any
 
 from lessor.core.breaker import refusal
-from lessor.core.decisions import Decision, Destroy, Drained, Expired, Fail, Reclaimed
+from lessor.core.decisions import AskBack, Decision, Destroy, Drained, Expired, Fail, Reclaimed
 from lessor.core.pool.ledger import foreign
+from lessor.core.pool.recall import gives_back
 from lessor.core.pool.state import PoolState
 from lessor.core.pool.trying import refuse_unless_free
 from lessor.errors import LessorError, PoolClosed, PoolExhausted
@@ -313,10 +314,12 @@ class PoolCore(PoolState):
         return [*(loan.lease for loan in loans), *orphans], out
 
     def evict_idle(self, now: float) -> list[Decision]:
-        """Destroy idle resources above ``min_size`` now (someone elsewhere needs quota)."""
+        """Destroy idle resources above ``min_size`` now (someone elsewhere needs quota);
+        with none idle, ask the holders that park leases (caches) for them: the quota
+        asks again while starved, and finds them idle by then."""
         out: list[Decision] = []
         self._slots.evict_above_min(out)
-        return out
+        return out or self._ask_parked(out)
 
     def shed(self, now: float, count: int) -> list[Decision]:
         """Close ``count`` more resources (idle ones now, leased ones when released; any
@@ -326,8 +329,14 @@ class PoolCore(PoolState):
         out: list[Decision] = []
         while slots.idle and self._shed_to > c.destroyed:
             slots.destroy(slots.idle.popleft(), "shed", out)
+        if self._shed_to > c.destroyed:  # the rest as released: parked ones, now
+            out = self._ask_parked(out)
         self._settle(now, out)
         return out
+
+    def _ask_parked(self, out: list[Decision]) -> list[Decision]:
+        givers = tuple(h for h in self._ledger.holders() if gives_back(h))
+        return [*out, AskBack(givers)] if givers else out
 
     def gate(self, now: float, breaker: str, state: str, until: float | None) -> list[Decision]:
         """The pool's breaker changed. Open or forced open: Acquires fail fast with

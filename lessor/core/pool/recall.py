@@ -17,13 +17,13 @@ from collections.abc import Callable
 from lessor.core.decisions import AskBack, Decision
 from lessor.holder import Holder
 
-__all__ = ["RECALL_INTERVAL", "Recall"]
+__all__ = ["RECALL_INTERVAL", "Recall", "gives_back"]
 
 #: While the pool is starved, holders that can give leases back are asked this often (s).
 RECALL_INTERVAL = 0.05
 
 
-def _gives_back(holder: Holder) -> bool:
+def gives_back(holder: Holder) -> bool:
     # A holder known only by its text (its sender does not type holders) is never asked.
     return isinstance(holder, Holder) and holder.gives_back
 
@@ -49,7 +49,7 @@ class Recall:
         asked = self.asked_at
         if asked is not None and now < asked + RECALL_INTERVAL:
             return
-        givers = tuple(h for h in holders() if _gives_back(h))
+        givers = tuple(h for h in holders() if gives_back(h))
         if givers:
             out.append(AskBack(givers))
             self.asked_at = now
