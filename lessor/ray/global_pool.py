@@ -161,6 +161,7 @@ class GlobalPool:
         self._ready: asyncio.Task[LocalRoute] | None = None
         self._nodes: asyncio.Task[None] | None = None
         self.recovered: list[str] = []  # the lease ids adopted at start
+        self.gone: list[tuple[str, str]] = []  # (agent holder, why) whose tokens came back
 
     # -- what agents call --------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class GlobalPool:
             "started": self.started,
             "recovered": list(self.recovered),
             "agents": {str(h): a.suspect_since is not None for h, a in self._agents.items()},
+            "gone": list(self.gone),
         }
 
     async def stop(self) -> None:
@@ -326,6 +328,7 @@ class GlobalPool:
         if agent is None or self._route is None:
             return
         log.warning("lessor: pool %r reclaims the tokens of %s: %s", self.spec.name, holder, why)
+        self.gone.append((str(holder), why))
         with contextlib.suppress(Exception):  # (a stopped pool has nothing to reclaim)
             await asyncio.to_thread(self._ref.ask, ReclaimHolder(holder, why), True, 5.0)
         holders.report_gone(holder)  # drops its receiver; nothing is left to reclaim

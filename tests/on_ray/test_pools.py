@@ -1,0 +1,155 @@
+"""Cluster-wide pools on two raylets: the limit holds, and a dead holder, agent or global
+pool gives back what it held without anything being granted twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from tests.on_ray import tasks
+from tests.on_ray.conftest import POOLS, RayCluster, ray
+from tests.support.helpers import wait_until
+
+
+def on(node: str, fn: Any, **options: Any) -> Any:
+    """``fn`` as a Ray task pinned to ``node``; half a CPU, so 4 run at once per node."""
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    return ray.remote(fn).options(scheduling_strategy=strategy, num_cpus=0.5, **options)
+
+
+@pytest.fixture
+def flags() -> Any:
+    actor = ray.remote(tasks.Flags).options(num_cpus=0).remote()
+    yield actor
+    ray.kill(actor)
+
+
+def peak(holds: list[dict[str, Any]], where: str | None = None) -> int:
+    """Most holds that overlapped at one instant (on node ``where``, or anywhere)."""
+    edges = sorted(
+        (t, step)
+        for h in holds
+        if where is None or h["node"] == where
+        for t, step in ((h["start"], 1), (h["end"], -1))
+    )
+    now = most = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def run_holds(c: RayCluster, pool: str, n: int, low: float, high: float) -> list[dict[str, Any]]:
+    refs = [on((c.head, c.other)[i % 2], tasks.hold).remote(pool, low, high, i) for i in range(n)]
+    return list(ray.get(refs, timeout=120))
+
+
+def test_under_load_from_both_nodes_the_cluster_never_holds_more_than_max_total(
+    on_ray: RayCluster,
+) -> None:
+    size, total = POOLS["slots"]
+    holds = run_holds(on_ray, "slots", 32, 0.05, 0.25)
+    assert {h["node"] for h in holds} == {on_ray.head, on_ray.other}
+    assert peak(holds) <= total
+    assert all(peak(holds, n) <= size for n in (on_ray.head, on_ray.other))
+    assert peak(holds) == total  # the limit was reached: both nodes held at once
+    stats = on_ray.stats("slots")
+    assert stats.leased <= total and stats.timeouts == 0
+
+
+def test_the_overlap_check_catches_a_limit_that_is_not_kept(on_ray: RayCluster) -> None:
+    """The checker's mutant: a pool allowed 8 at once is seen to go past "slots"' 3."""
+    holds = run_holds(on_ray, "loose", 8, 0.3, 0.4)
+    assert peak(holds) > POOLS["slots"][1]
+
+
+def test_from_a_ray_task_the_api_is_a_workers(on_ray: RayCluster) -> None:
+    out = ray.get(on(on_ray.other, tasks.behaviour).remote("one"), timeout=60)
+    assert out == {
+        "lease": "int",
+        "double_release": "DoubleRelease",
+        "unknown_pool": "NoSuchPool",
+        "exhausted": "PoolExhausted",
+        "same_client": "True",
+    }
+
+
+def test_a_killed_holder_task_is_reclaimed_and_ray_s_retry_acquires_anew(
+    on_ray: RayCluster, flags: Any
+) -> None:
+    holder = on(on_ray.head, tasks.hold_until, max_retries=1).remote("one", flags, "h")
+    first = ray.get(flags.wait.remote("h.held"), timeout=60)
+    waiter = on(on_ray.other, tasks.wait_grant).remote("one", 30.0)
+    time.sleep(0.2)  # (not synchronisation: gives the waiter time to queue; it may not)
+    os.kill(first["pid"], signal.SIGKILL)
+    granted = ray.get(waiter, timeout=60)
+    assert "granted" in granted, granted
+    # Ray reruns the task: a new process, a new holder, which gets the token after the waiter
+    rerun = ray.get(flags.wait.remote("h.held", 2), timeout=60)
+    assert rerun["pid"] != first["pid"]
+    ray.get(flags.set.remote("h.go"))
+    assert ray.get(holder, timeout=60)["pid"] == rerun["pid"]
+    stats = ray.get(on_ray.lessor.agent(on_ray.head).stats.remote("one"), timeout=30)
+    assert stats.reclaimed >= 1
+
+
+def test_a_killed_agent_gives_its_tokens_back_is_restarted_and_its_tasks_reconnect(
+    on_ray: RayCluster, flags: Any
+) -> None:
+    holders = [on(on_ray.head, tasks.hold_until, max_retries=0).remote("two", flags, f"a{i}")
+               for i in range(2)]  # fmt: skip
+    for i in range(2):
+        ray.get(flags.wait.remote(f"a{i}.held"), timeout=60)
+    assert on_ray.stats("two").leased == 2
+    waiter = on(on_ray.other, tasks.wait_grant).remote("two", 60.0)
+    old = on_ray.agent_pid(on_ray.head)
+    os.kill(old, signal.SIGKILL)
+    granted = ray.get(waiter, timeout=90)
+    assert "granted" in granted, granted  # the dead agent's tokens came back
+    assert wait_until(lambda: on_ray.agent_pid(on_ray.head) != old, timeout=60)
+    for ref in holders:
+        ray.cancel(ref, force=True)
+    again = ray.get(on(on_ray.head, tasks.wait_grant).remote("two", 30.0), timeout=90)
+    assert "granted" in again, again  # a task on the restarted agent's node
+    reasons = on_ray.info("two")["gone"]
+    assert any(why in ("agent died", "agent restarted", "agent replaced")
+               for _, why in reasons), reasons  # fmt: skip
+
+
+def test_a_restarted_global_pool_adopts_what_agents_hold_and_grants_nothing_twice(
+    on_ray: RayCluster, flags: Any
+) -> None:
+    _, total = POOLS["epoch"]
+    holders = [on(on_ray.head, tasks.hold_until).remote("epoch", flags, f"e{i}")
+               for i in range(total)]  # fmt: skip
+    held = [ray.get(flags.wait.remote(f"e{i}.held"), timeout=60)["lease"] for i in range(total)]
+    before = on_ray.info("epoch")
+    os.kill(before["pid"], signal.SIGKILL)
+    assert wait_until(lambda: _incarnation(on_ray, "epoch") not in ("", before["incarnation"]),
+                      timeout=60)  # fmt: skip
+    after = on_ray.info("epoch")
+    assert len(after["recovered"]) == total  # the agent's tokens, adopted
+    assert on_ray.stats("epoch").leased + on_ray.stats("epoch").idle <= total
+    refused = ray.get(on(on_ray.other, tasks.wait_grant).remote("epoch", 2.0), timeout=60)
+    assert refused.get("error") == "AcquireTimeout", refused  # nothing granted twice
+    ray.get(flags.set.remote("e0.go"))
+    ray.get(holders[0], timeout=60)
+    granted = ray.get(on(on_ray.other, tasks.wait_grant).remote("epoch", 30.0), timeout=60)
+    assert "granted" in granted, granted
+    assert on_ray.stats("epoch").leased <= total
+    assert len(set(held)) == total
+    for i in range(1, total):
+        ray.get(flags.set.remote(f"e{i}.go"))
+    ray.get(holders[1:], timeout=60)
+
+
+def _incarnation(c: RayCluster, pool: str) -> str:
+    try:
+        return str(c.info(pool)["incarnation"])
+    except ray.exceptions.RayError:
+        return ""
