@@ -89,3 +89,22 @@ def test_every_package_is_installed() -> None:
             parts = init.parent.relative_to(path).parts
             found.add(".".join((name, *parts)))
     assert found - listed == set()
+
+
+#: A private Ray name: ray._private, ray._raylet, or `from ray... import _x`.
+PRIVATE_RAY = re.compile(r"\bray(\.\w+)*\._\w|from ray[\w.]* import .*\b_\w")
+
+
+def test_lessor_on_ray_uses_ray_s_public_api_only() -> None:
+    """Node deaths come from ``ray.nodes()``, agent deaths from a pending call's
+    ActorDiedError: no GCS subscriber, so nothing breaks when Ray's internals move."""
+    hits = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sources()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE_RAY.search(line)
+    ]
+    assert hits == []
+    assert PRIVATE_RAY.search("from ray._private.gcs_pubsub import GcsAioNodeInfoSubscriber")
+    assert PRIVATE_RAY.search("ray._raylet.CoreWorker")
+    assert not PRIVATE_RAY.search("from ray.exceptions import ActorDiedError")
