@@ -31,7 +31,6 @@ import contextlib
 import logging
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
 from lessor import holder as holders
 from lessor.actors.pool import PoolActor, PoolLineage
 from lessor.actors.pool_messages import ReclaimHolder
+from lessor.actors.reply import OneShot
 from lessor.errors import LessorError
 from lessor.handles.local import LocalRoute
 from lessor.holder import Holder
@@ -64,48 +64,23 @@ SUSPECT_RETRY = 0.2
 Taken = tuple[str, ...]
 
 
-class _AsyncReply:
-    """A pool's answer to one remote ``take``, resolved on the actor's event loop.
+class _AsyncReply(OneShot):
+    """A pool's answer to one remote call, also resolved on the actor's event loop.
 
-    ``set``/``set_exception``/``cancel`` race for one claim, as a wire reply's do, so a
-    grant that lands after the caller gave up is handed back, never lost.
+    A :class:`OneShot`: ``set`` and ``cancel`` race for one claim, so a grant that
+    lands after the caller gave up is handed back (``LocalRoute.cancel``), never lost.
     """
 
+    __slots__ = ("future", "loop")
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-        self.value: Any = None
-        self._claim = [True]
 
-    def set(self, value: Any = None) -> bool:
-        self.value = value
-        try:
-            self._claim.pop()
-        except IndexError:
-            return False
-        self.loop.call_soon_threadsafe(_resolve, self.future, value, None)
-        return True
-
-    def set_exception(self, exc_info: Any = None) -> bool:
-        try:
-            self._claim.pop()
-        except IndexError:
-            return False
-        exc = (exc_info or sys.exc_info())[1]
-        if not isinstance(exc, BaseException):
-            exc = LessorError("the request failed")
-        self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
-        return True
-
-    def cancel(self) -> bool:
-        try:
-            self._claim.pop()
-        except IndexError:
-            return False
-        return True
-
-    def result(self) -> Any:
-        return self.value
+    def _stored_now(self) -> None:
+        super()._stored_now()
+        self.loop.call_soon_threadsafe(_resolve, self.future, self._value, self._error)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
