@@ -105,7 +105,8 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._conn.closing
+        """Closed here, or the runtime hung up (``connect()`` then makes a new client)."""
+        return self._conn.closing or self._conn.lost
 
     @property
     def frames_sent(self) -> int:
