@@ -2,7 +2,8 @@
 
 In the driver, after ``ray.init()``::
 
-    cluster = lessor.ray.start([PoolSpec("gpu-slots", TokenFactory(), max_size=2, max_total=3)])
+    slots = PoolSpec("gpu-slots", TokenFactory(), max_size=2, max_total=3, scope="process")
+    cluster = lessor.ray.start([slots])
 
 starts a node agent on every node (:mod:`.agent`), a global pool actor per pool
 (:mod:`.global_pool`) and ``lessor-root``, which keeps the specs and starts agents on

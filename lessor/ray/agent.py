@@ -31,6 +31,7 @@ from lessor.handles.local import LocalRoute
 from lessor.handles.ops import LeaseOps
 from lessor.protocol.messages import ErrorReply, Lease, PoolStats
 from lessor.protocol.quota_messages import Shed
+from lessor.ray.global_pool import TAKES
 from lessor.ray.names import NAMESPACE, agent_holder, agent_name, pool_actor
 from lessor.runtime.runtime import Runtime
 from lessor.specs import PoolSpec
@@ -79,7 +80,8 @@ class RayQuota(LeaseOps):
         deadline = time.monotonic() + wait
         while True:
             try:
-                call = self.handle.take.remote(self.agent, self.pid, wait)
+                take = self.handle.take.options(concurrency_group=TAKES)
+                call = take.remote(self.agent, self.pid, wait)
                 answer = _result(call, wait + TAKE_GRACE)
             except (ActorDiedError, ActorUnavailableError, TimeoutError, RayError) as exc:
                 raise LessorError(f"global pool {self.name!r} unreachable: {exc}") from None
@@ -178,11 +180,13 @@ class NodeAgent:
 
     # -- for the driver ----------------------------------------------------------------
 
-    def stats(self, pool: str) -> PoolStats:
-        return self.runtime.pool(pool).stats()
+    async def stats(self, pool: str) -> PoolStats:
+        return await asyncio.to_thread(self.runtime.pool(pool).stats)
 
-    def status(self) -> dict[str, Any]:
-        return self.runtime.status().as_dict()
+    async def status(self) -> dict[str, Any]:
+        """The agent's ``runtime.status()`` (asked off the event loop: it may take seconds)."""
+        status = await asyncio.to_thread(self.runtime.status)
+        return status.as_dict()
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Drain and stop the runtime: tasks get ShuttingDown, tokens go back."""

@@ -20,6 +20,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import ray
@@ -27,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lessor.errors import LessorError, NotPortable
 from lessor.ray.agent import NodeAgent
-from lessor.ray.global_pool import GlobalPool
+from lessor.ray.global_pool import MAX_TAKES, TAKES, GlobalPool
 from lessor.ray.names import AGENT_PREFIX, NAMESPACE, POOL_PREFIX, agent_name, pool_actor
 from lessor.specs import PoolSpec
 
@@ -94,18 +95,15 @@ def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) ->
     GPU ids, API keys); NotPortable otherwise. ``suspect_timeout`` (default None:
     wait for Ray to declare the agent dead; seconds) reclaims the tokens of an agent
     that stays unreachable that long, dead or partitioned (docs/ray.md).
-    Starting again with the same names returns what runs already.
+    Starting again with the same pools returns what runs already; with other pools or
+    settings it raises LessorError (``stop()`` first). A spec with a ``breaker`` is
+    refused: pools behind breakers are not supported on Ray yet.
     """
     if not ray.is_initialized():
         raise LessorError("lessor.ray.start needs a Ray cluster: call ray.init() first")
     specs = list(pools)
-    for spec in specs:
-        if not spec.factory.portable:
-            raise NotPortable(
-                f"pool {spec.name!r}: on Ray a pool lends its resources to other processes, "
-                "so its factory must make portable ones (TokenFactory)"
-            )
-    global_pool = ray.remote(GlobalPool)
+    _refuse_other_specs(specs)
+    global_pool = ray.remote(concurrency_groups={TAKES: MAX_TAKES})(GlobalPool)
     handles = [
         global_pool.options(name=pool_actor(spec.name), get_if_exists=True, **_ACTOR).remote(
             spec, suspect_timeout
@@ -117,6 +115,38 @@ def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) ->
     agents = [_start_agent(node_id, ray.get(root.specs.remote())) for node_id in _alive_nodes()]
     ray.get([agent.whoami.remote() for agent in agents])
     return RayLessor([spec.name for spec in specs])
+
+
+def _settings(spec: PoolSpec) -> dict[str, Any]:
+    out = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "factory"}
+    return {**out, "factory": type(spec.factory).__qualname__}
+
+
+def _refuse_other_specs(specs: list[PoolSpec]) -> None:
+    """``start`` again is fine with the same pools; different ones would be half applied
+    (the running agents keep theirs), so they are refused."""
+    for spec in specs:
+        if not spec.factory.portable:
+            raise NotPortable(
+                f"pool {spec.name!r}: on Ray a pool lends its resources to other processes, "
+                "so its factory must make portable ones (TokenFactory)"
+            )
+        if spec.breaker is not None:
+            raise LessorError(
+                f"pool {spec.name!r}: a pool behind a breaker is not supported on Ray yet "
+                "(guard the calls with the breaker instead)"
+            )
+    try:
+        root = ray.get_actor(ROOT, namespace=NAMESPACE)
+    except ValueError:
+        return
+    running = ray.get(root.specs.remote())
+    if [_settings(s) for s in running] != [_settings(s) for s in specs]:
+        names = ", ".join(s.name for s in running)
+        raise LessorError(
+            f"lessor already runs on this cluster with other pools or settings ({names}): "
+            "call lessor.ray.stop() first"
+        )
 
 
 def find() -> RayLessor | None:

@@ -51,12 +51,16 @@ from lessor.ray.names import AGENT_PREFIX, NAMESPACE, agent_holder, parse_agent
 from lessor.specs import PoolSpec
 from lessor.worker.local_pools import quota_spec
 
-__all__ = ["NODE_POLL", "GlobalPool", "Taken"]
+__all__ = ["MAX_TAKES", "NODE_POLL", "TAKES", "GlobalPool", "Taken"]
 
 log = logging.getLogger("lessor.ray")
 
 #: Seconds between reads of ``ray.nodes()`` for nodes Ray has declared dead.
 NODE_POLL = 0.5
+#: The concurrency group of ``take`` calls, which wait, and how many may wait at once:
+#: a ``give`` must never queue behind them (Ray's default is 1000 calls for everything).
+TAKES = "takes"
+MAX_TAKES = 100_000
 #: Seconds between pid checks of a suspect agent.
 SUSPECT_RETRY = 0.2
 
@@ -239,8 +243,14 @@ class GlobalPool:
         return self._route
 
     async def _held_by(self, name: str) -> tuple[int, list[str], Any] | None:
-        """What agent ``name`` holds of this pool; None once Ray says it is dead."""
+        """What agent ``name`` holds of this pool; None once Ray says it is dead (or
+        it stayed unreachable past ``suspect_timeout``, when that is set)."""
+        since = time.monotonic()
         while True:
+            limit = self.suspect_timeout
+            if limit is not None and time.monotonic() - since >= limit:
+                self.gone.append((name, "agent unreachable at restart"))
+                return None
             try:
                 handle = await asyncio.to_thread(ray.get_actor, name, NAMESPACE)
                 pid, lease_ids = await handle.held.remote(self.spec.name, self.incarnation)

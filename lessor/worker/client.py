@@ -339,8 +339,21 @@ _client: Client | None = None
 _client_lock = threading.Lock()
 
 
-def _reconnect_later() -> None:
-    log.info("client: connection to the node agent lost; the next connect() makes another")
+def _on_ray_lost(client: Client) -> Callable[[], None]:
+    """What a Ray task's process does when its node agent is gone: reconnect on the
+    next ``connect()``; but a process holding leases exits (Ray fails and may retry its
+    task), since the agent's tokens come back to the cluster and may be lent elsewhere
+    while this process still uses what it was lent."""
+
+    def lost() -> None:
+        if client.ledger.held:
+            log.warning("client: node agent lost while this process held %d leases; exiting",
+                        client.ledger.held)  # fmt: skip
+            _terminate_self()
+        else:
+            log.info("client: node agent lost; the next connect() makes another connection")
+
+    return lost
 
 
 def connect() -> Client:
@@ -363,5 +376,5 @@ def connect() -> Client:
                 ) from None
             _client = Client(address, bytes.fromhex(key), env.get(ENV_WORKER, "?"))
             if on_ray:  # the process is Ray's: a lost agent means reconnect, not exit
-                _client.on_lost = _reconnect_later
+                _client.on_lost = _on_ray_lost(_client)
         return _client

@@ -79,22 +79,18 @@ def stop_cluster(cluster: Any) -> None:
     cluster.shutdown()
 
 
+def specs() -> list[PoolSpec]:
+    return [
+        PoolSpec(name, TokenFactory(), max_size=size, max_total=total, scope="process")
+        for name, (size, total) in POOLS.items()
+    ]
+
+
 @pytest.fixture(scope="module")
 def on_ray() -> Iterator[RayCluster]:
     cluster, head, other = start_cluster()
     try:
-        specs = [
-            PoolSpec(
-                name,
-                TokenFactory(),
-                max_size=size,
-                max_total=total,
-                scope="process",
-                acquire_timeout=30,
-            )
-            for name, (size, total) in POOLS.items()
-        ]
-        yield RayCluster(cluster, lessor.ray.start(specs), head, other)
+        yield RayCluster(cluster, lessor.ray.start(specs()), head, other)
     finally:
         stop_cluster(cluster)
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import lessor.ray
+from lessor import PoolSpec
 from tests.on_ray import tasks
 from tests.on_ray.conftest import POOLS, RayCluster, ray
 from tests.support.helpers import wait_until
@@ -112,8 +115,10 @@ def test_a_killed_agent_gives_its_tokens_back_is_restarted_and_its_tasks_reconne
     granted = ray.get(waiter, timeout=90)
     assert "granted" in granted, granted  # the dead agent's tokens came back
     assert wait_until(lambda: on_ray.agent_pid(on_ray.head) != old, timeout=60)
-    for ref in holders:
-        ray.cancel(ref, force=True)
+    for ref in holders:  # they held leases the dead agent's tokens stood for: they exit
+        with pytest.raises(ray.exceptions.RayError) as failed:
+            ray.get(ref, timeout=60)
+        assert not isinstance(failed.value, ray.exceptions.GetTimeoutError), failed.value
     again = ray.get(on(on_ray.head, tasks.wait_grant).remote("two", 30.0), timeout=90)
     assert "granted" in again, again  # a task on the restarted agent's node
     reasons = on_ray.info("two")["gone"]
@@ -153,3 +158,21 @@ def _incarnation(c: RayCluster, pool: str) -> str:
         return str(c.info(pool)["incarnation"])
     except ray.exceptions.RayError:
         return ""
+
+
+def test_start_again_with_the_same_pools_returns_what_runs_and_with_others_refuses(
+    on_ray: RayCluster,
+) -> None:
+    from lessor.errors import LessorError, NotPortable
+    from lessor.factory import CallableFactory
+    from tests.on_ray.conftest import specs
+
+    assert lessor.ray.start(specs()).pools == list(POOLS)
+    changed = [replace(spec, acquire_timeout=1) for spec in specs()]
+    with pytest.raises(LessorError, match="already runs"):
+        lessor.ray.start(changed)
+    with pytest.raises(NotPortable):
+        lessor.ray.start([PoolSpec("conn", CallableFactory(object), max_size=1)])
+    with pytest.raises(LessorError, match="breaker"):
+        lessor.ray.start([replace(specs()[0], breaker="api")])
+    assert lessor.ray.find() is not None and on_ray.stats("slots").leased <= POOLS["slots"][1]
