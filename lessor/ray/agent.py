@@ -26,15 +26,19 @@ from typing import Any, cast
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
 
+from lessor import holder as holders
 from lessor.errors import LessorError
 from lessor.handles.local import LocalRoute
 from lessor.handles.ops import LeaseOps
+from lessor.holder import Holder
+from lessor.protocol.codec import decode
 from lessor.protocol.messages import ErrorReply, Lease, PoolStats
 from lessor.protocol.quota_messages import Shed
+from lessor.ray.global_breaker import BreakerRelay
 from lessor.ray.global_pool import TAKES
-from lessor.ray.names import NAMESPACE, agent_holder, agent_name, pool_actor
+from lessor.ray.names import NAMESPACE, agent_holder, agent_name, breaker_actor, pool_actor
 from lessor.runtime.runtime import Runtime
-from lessor.specs import PoolSpec
+from lessor.specs import BreakerSpec, PoolSpec
 from lessor.transport.handshake import error_from_reply
 from lessor.worker.local_pools import local_spec
 
@@ -133,7 +137,9 @@ class NodeAgent:
     resources, and the whole cluster at most ``max_total`` (default ``max_size``).
     """
 
-    def __init__(self, node_id: str, pools: list[PoolSpec]) -> None:
+    def __init__(
+        self, node_id: str, pools: list[PoolSpec], breakers: list[BreakerSpec] | None = None
+    ) -> None:
         self.node_id = node_id
         self.name = agent_name(node_id)
         self.pid = os.getpid()
@@ -143,9 +149,32 @@ class NodeAgent:
             handle = ray.get_actor(pool_actor(spec.name), namespace=NAMESPACE)
             quota = self.quotas[spec.name] = RayQuota(spec.name, handle, self.name, self.pid)
             self.runtime.add_pool(local_spec(spec, quota))
+        self.breaker_specs = {spec.name: spec for spec in breakers or ()}
+        self._relays = [
+            BreakerRelay(
+                name, ray.get_actor(breaker_actor(name), namespace=NAMESPACE), node_id, self.name
+            )
+            for name in self.breaker_specs
+        ]
+        for relay in self._relays:
+            self.runtime.node.register(f"breaker:{relay.name}", relay)
+        if self._relays:
+            holders.subscribe(self._holder_gone)
         self._forever = asyncio.Event()
 
+    def _holder_gone(self, holder: Holder) -> None:
+        for relay in self._relays:  # (a task's probe permits come back)
+            relay.holder_gone(holder)
+
     # -- for tasks on this node --------------------------------------------------------
+
+    def breakers(self) -> dict[str, BreakerSpec]:
+        """The cluster's breakers, for ``lessor.connect().breaker(name)`` in a task."""
+        return self.breaker_specs
+
+    def push(self, worker_id: str, frame: bytes) -> None:
+        """A global breaker's push (a state change) for task process ``worker_id``."""
+        self.runtime.node.push(worker_id, decode(frame))
 
     def env(self, pid: int) -> dict[str, str]:
         """What process ``pid`` of this node needs to connect: the socket and its own key."""

@@ -6,6 +6,8 @@ that started it and any driver can find or stop it:
 * ``lessor-root`` (:class:`Root`) keeps the pool specs and starts a node's agent the
   first time a task on that node connects (a node that joined after ``start``);
 * ``lessor-pool-<name>``: one :class:`~lessor.ray.global_pool.GlobalPool` per pool;
+* ``lessor-breaker-<name>``: one :class:`~lessor.ray.global_breaker.GlobalBreaker`
+  per breaker;
 * ``lessor-node-<node id>``: one :class:`~lessor.ray.agent.NodeAgent` per node.
 
 Every one of them has ``num_cpus=0`` (an actor holds what it asks for as long as it
@@ -28,9 +30,18 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lessor.errors import LessorError, NotPortable
 from lessor.ray.agent import NodeAgent
+from lessor.ray.global_breaker import GlobalBreaker
 from lessor.ray.global_pool import MAX_TAKES, TAKES, GlobalPool
-from lessor.ray.names import AGENT_PREFIX, NAMESPACE, POOL_PREFIX, agent_name, pool_actor
-from lessor.specs import PoolSpec
+from lessor.ray.names import (
+    AGENT_PREFIX,
+    BREAKER_PREFIX,
+    NAMESPACE,
+    POOL_PREFIX,
+    agent_name,
+    breaker_actor,
+    pool_actor,
+)
+from lessor.specs import BreakerSpec, PoolSpec
 
 __all__ = ["ROOT", "RayLessor", "Root", "find", "start", "stop", "worker_env"]
 
@@ -43,25 +54,29 @@ def _alive_nodes() -> list[str]:
     return [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
 
 
-def _start_agent(node_id: str, pools: list[PoolSpec]) -> Any:
+def _start_agent(node_id: str, pools: list[PoolSpec], breakers: list[BreakerSpec]) -> Any:
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
     actor = ray.remote(NodeAgent)
     return actor.options(name=agent_name(node_id), scheduling_strategy=strategy,
-                         get_if_exists=True, **_ACTOR).remote(node_id, pools)  # fmt: skip
+                         get_if_exists=True, **_ACTOR).remote(node_id, pools, breakers)  # fmt: skip
 
 
 class Root:
     """``lessor-root``: the specs, and an agent for every node that asks for one."""
 
-    def __init__(self, pools: list[PoolSpec]) -> None:
+    def __init__(self, pools: list[PoolSpec], breakers: list[BreakerSpec]) -> None:
         self.pools = pools
+        self.breakers = breakers
 
     def specs(self) -> list[PoolSpec]:
         return self.pools
 
+    def breaker_specs(self) -> list[BreakerSpec]:
+        return self.breakers
+
     def agent_for(self, node_id: str) -> str:
         """Start node ``node_id``'s agent unless it runs; its name."""
-        _start_agent(node_id, self.pools)
+        _start_agent(node_id, self.pools, self.breakers)
         return agent_name(node_id)
 
 
@@ -86,7 +101,12 @@ class RayLessor:
         stop(timeout)
 
 
-def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) -> RayLessor:
+def start(
+    pools: Sequence[PoolSpec],
+    breakers: Sequence[BreakerSpec] = (),
+    *,
+    suspect_timeout: float | None = None,
+) -> RayLessor:
     """Start lessor on the Ray cluster this driver is connected to (``ray.init()`` first).
 
     Each pool is cluster-wide: at most ``max_total`` (default ``max_size``) resources
@@ -98,11 +118,15 @@ def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) ->
     Starting again with the same pools returns what runs already; with other pools or
     settings it raises LessorError (``stop()`` first). A spec with a ``breaker`` is
     refused: pools behind breakers are not supported on Ray yet.
+
+    ``breakers`` are cluster-wide too: one state for every task of every node
+    (``lessor.connect().breaker(name)``), and at most ``half_open_calls`` probes in the
+    cluster (:mod:`.global_breaker`).
     """
     if not ray.is_initialized():
         raise LessorError("lessor.ray.start needs a Ray cluster: call ray.init() first")
-    specs = list(pools)
-    _refuse_other_specs(specs)
+    specs, guards = list(pools), list(breakers)
+    _refuse_other_specs(specs, guards)
     global_pool = ray.remote(concurrency_groups={TAKES: MAX_TAKES})(GlobalPool)
     handles = [
         global_pool.options(name=pool_actor(spec.name), get_if_exists=True, **_ACTOR).remote(
@@ -111,18 +135,27 @@ def start(pools: Sequence[PoolSpec], *, suspect_timeout: float | None = None) ->
         for spec in specs
     ]
     ray.get([handle.info.remote() for handle in handles])
-    root = ray.remote(Root).options(name=ROOT, get_if_exists=True, **_ACTOR).remote(specs)
-    agents = [_start_agent(node_id, ray.get(root.specs.remote())) for node_id in _alive_nodes()]
+    global_breaker = ray.remote(GlobalBreaker)
+    for spec in guards:
+        global_breaker.options(name=breaker_actor(spec.name), get_if_exists=True,
+                               **_ACTOR).remote(spec)  # fmt: skip
+    root = ray.remote(Root).options(name=ROOT, get_if_exists=True, **_ACTOR).remote(specs, guards)
+    ray.get(root.specs.remote())
+    agents = [_start_agent(node_id, specs, guards) for node_id in _alive_nodes()]
     ray.get([agent.whoami.remote() for agent in agents])
     return RayLessor([spec.name for spec in specs])
 
 
-def _settings(spec: PoolSpec) -> dict[str, Any]:
-    out = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "factory"}
-    return {**out, "factory": type(spec.factory).__qualname__}
+def _settings(spec: Any) -> dict[str, Any]:
+    """A spec's settings, comparable after a trip through Ray (functions by name)."""
+    out = {}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        out[f.name] = getattr(type(value) if f.name == "factory" else value, "__qualname__", value)
+    return out
 
 
-def _refuse_other_specs(specs: list[PoolSpec]) -> None:
+def _refuse_other_specs(specs: list[PoolSpec], breakers: list[BreakerSpec]) -> None:
     """``start`` again is fine with the same pools; different ones would be half applied
     (the running agents keep theirs), so they are refused."""
     for spec in specs:
@@ -141,8 +174,9 @@ def _refuse_other_specs(specs: list[PoolSpec]) -> None:
     except ValueError:
         return
     running = ray.get(root.specs.remote())
-    if [_settings(s) for s in running] != [_settings(s) for s in specs]:
-        names = ", ".join(s.name for s in running)
+    guards = ray.get(root.breaker_specs.remote())
+    if [_settings(s) for s in [*running, *guards]] != [_settings(s) for s in [*specs, *breakers]]:
+        names = ", ".join(s.name for s in [*running, *guards])
         raise LessorError(
             f"lessor already runs on this cluster with other pools or settings ({names}): "
             "call lessor.ray.stop() first"
@@ -167,7 +201,10 @@ def stop(timeout: float = 10.0) -> None:
             ray.get(ref, timeout=timeout + 10.0)
     for agent in agents:
         ray.kill(agent, no_restart=True)
-    pools = [ray.get_actor(name, namespace=NAMESPACE) for name in _names(POOL_PREFIX)]
+    pools = [
+        ray.get_actor(name, namespace=NAMESPACE)
+        for name in _names(POOL_PREFIX) + _names(BREAKER_PREFIX)
+    ]
     for ref in [pool.stop.remote() for pool in pools]:
         with contextlib.suppress(ray.exceptions.RayError):
             ray.get(ref, timeout=10.0)
@@ -188,9 +225,10 @@ def _names(prefix: str) -> list[str]:
     ]
 
 
-def worker_env() -> dict[str, str]:
-    """What ``lessor.connect()`` needs in a Ray task or actor: its node agent's socket,
-    and a key for this process. The agent is started if the node has none yet."""
+def worker_env() -> tuple[dict[str, str], dict[str, BreakerSpec]]:
+    """What ``lessor.connect()`` needs in a Ray task or actor: its node agent's socket
+    and a key for this process, and the cluster's breakers. The agent is started if
+    the node has none yet."""
     if not ray.is_initialized():
         raise LessorError("lessor.connect() outside a worker needs Ray: call ray.init() first")
     node_id = ray.get_runtime_context().get_node_id()
@@ -206,4 +244,5 @@ def worker_env() -> dict[str, str]:
             ) from None
         agent = ray.get_actor(ray.get(root.agent_for.remote(node_id)), namespace=NAMESPACE)
     env: dict[str, str] = ray.get(agent.env.remote(os.getpid()))
-    return env
+    breakers: dict[str, BreakerSpec] = ray.get(agent.breakers.remote())
+    return env, breakers

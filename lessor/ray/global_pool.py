@@ -51,7 +51,7 @@ from lessor.ray.names import AGENT_PREFIX, NAMESPACE, agent_holder, parse_agent
 from lessor.specs import PoolSpec
 from lessor.worker.local_pools import quota_spec
 
-__all__ = ["MAX_TAKES", "NODE_POLL", "TAKES", "GlobalPool", "Taken"]
+__all__ = ["MAX_TAKES", "NODE_POLL", "TAKES", "AsyncReply", "GlobalPool", "Taken"]
 
 log = logging.getLogger("lessor.ray")
 
@@ -68,7 +68,7 @@ SUSPECT_RETRY = 0.2
 Taken = tuple[str, ...]
 
 
-class _AsyncReply(OneShot):
+class AsyncReply(OneShot):
     """A pool's answer to one remote call, also resolved on the actor's event loop.
 
     A :class:`OneShot`: ``set`` and ``cancel`` race for one claim, so a grant that
@@ -149,7 +149,7 @@ class GlobalPool:
         route = await self._started()
         holder = self._know(agent, pid)
         loop = asyncio.get_running_loop()
-        reply = _AsyncReply(loop)
+        reply = AsyncReply(loop)
         try:
             route.deliver(Acquire(self.spec.name, timeout), reply, holder)
             lease = await asyncio.wait_for(asyncio.shield(reply.future), timeout + 5.0)
@@ -168,7 +168,7 @@ class GlobalPool:
         """Give token ``lease_id`` back. Idempotent: False if it was not out (any more)."""
         route = await self._started()
         holder = agent_holder(agent, pid)
-        reply = _AsyncReply(asyncio.get_running_loop())
+        reply = AsyncReply(asyncio.get_running_loop())
         try:
             route.deliver(Release(lease_id), reply, holder)
             await asyncio.wait_for(asyncio.shield(reply.future), 10.0)
@@ -178,7 +178,7 @@ class GlobalPool:
 
     async def stats(self) -> PoolStats:
         route = await self._started()
-        reply = _AsyncReply(asyncio.get_running_loop())
+        reply = AsyncReply(asyncio.get_running_loop())
         route.deliver(GetStats(), reply, holders.ANONYMOUS)
         stats = await asyncio.wait_for(reply.future, 10.0)
         assert isinstance(stats, PoolStats)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from lessor.holder import Holder
 
-__all__ = ["AGENT_PREFIX", "NAMESPACE", "POOL_PREFIX", "agent_holder", "agent_name",
-           "parse_agent", "pool_actor"]  # fmt: skip
+__all__ = ["AGENT_PREFIX", "BREAKER_PREFIX", "NAMESPACE", "POOL_PREFIX", "agent_holder",
+           "agent_name", "breaker_actor", "parse_agent", "pool_actor"]  # fmt: skip
 
 #: The Ray namespace of every actor lessor starts.
 NAMESPACE = "lessor"
 AGENT_PREFIX = "lessor-node-"
 POOL_PREFIX = "lessor-pool-"
+BREAKER_PREFIX = "lessor-breaker-"
 
 
 def agent_name(node_id: str) -> str:
@@ -26,6 +27,11 @@ def parse_agent(name: str) -> str:
 def pool_actor(pool: str) -> str:
     """The global pool actor of cluster-wide pool ``pool``: ``lessor-pool-<pool>``."""
     return f"{POOL_PREFIX}{pool}"
+
+
+def breaker_actor(breaker: str) -> str:
+    """The global breaker actor of breaker ``breaker``: ``lessor-breaker-<breaker>``."""
+    return f"{BREAKER_PREFIX}{breaker}"
 
 
 def agent_holder(name: str, pid: int) -> Holder:

@@ -362,11 +362,12 @@ def connect() -> Client:
     with _client_lock:
         if _client is None or _client.closed:
             env: Mapping[str, str] = os.environ
+            breakers: dict[str, BreakerSpec] = {}
             on_ray = ENV_ADDRESS not in env and "ray" in sys.modules
             if on_ray:  # a Ray task or actor: ask its node's agent (again after a restart)
                 from lessor.ray.cluster import worker_env
 
-                env = worker_env()
+                env, breakers = worker_env()
             try:
                 address, key = env[ENV_ADDRESS], env[ENV_AUTHKEY]
             except KeyError:
@@ -377,4 +378,5 @@ def connect() -> Client:
             _client = Client(address, bytes.fromhex(key), env.get(ENV_WORKER, "?"))
             if on_ray:  # the process is Ray's: a lost agent means reconnect, not exit
                 _client.on_lost = _on_ray_lost(_client)
+                _client.breaker_specs.update(breakers)
         return _client

@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import lessor.ray  # noqa: E402
-from lessor import PoolSpec, TokenFactory  # noqa: E402
+from lessor import BreakerSpec, PoolSpec, TokenFactory  # noqa: E402
 from tests.support.helpers import wait_until  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,6 +79,10 @@ def stop_cluster(cluster: Any) -> None:
     cluster.shutdown()
 
 
+#: The cluster's breaker: opens after 4 calls of which half failed, for 1 s; one probe.
+API = BreakerSpec("api", window_size=4, minimum_calls=4, open_duration=1.0, half_open_calls=1)
+
+
 def specs() -> list[PoolSpec]:
     return [
         PoolSpec(name, TokenFactory(), max_size=size, max_total=total, scope="process")
@@ -90,7 +94,7 @@ def specs() -> list[PoolSpec]:
 def on_ray() -> Iterator[RayCluster]:
     cluster, head, other = start_cluster()
     try:
-        yield RayCluster(cluster, lessor.ray.start(specs()), head, other)
+        yield RayCluster(cluster, lessor.ray.start(specs(), [API]), head, other)
     finally:
         stop_cluster(cluster)
 

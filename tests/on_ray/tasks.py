@@ -102,3 +102,32 @@ def behaviour(pool: str) -> dict[str, str]:
         handle.release(lease)
     out["same_client"] = str(lessor.connect() is client)
     return out
+
+
+def _fail() -> None:
+    raise ConnectionError("the dependency is down")
+
+
+def breaker_calls(name: str, n: int, fail: bool) -> list[str]:
+    """``n`` calls through breaker ``name``, failing or not: each call's outcome."""
+    breaker = lessor.connect().breaker(name)
+    out = []
+    for _ in range(n):
+        try:
+            breaker.call(_fail if fail else (lambda: None))
+            out.append("ok")
+        except ConnectionError:
+            out.append("failed")
+        except LessorError as exc:
+            out.append(type(exc).__name__)
+    breaker.flush()
+    return out
+
+
+def breaker_sees(name: str, state: str, timeout: float) -> dict[str, Any]:
+    """Wait until this node's handle of breaker ``name`` is pushed ``state``: when."""
+    breaker = lessor.connect().breaker(name)
+    deadline = time.monotonic() + timeout
+    while breaker.state != state and time.monotonic() < deadline:
+        time.sleep(0.005)  # (the state is pushed to this process; polled with a deadline)
+    return {"state": breaker.state, "at": time.monotonic(), "node": node()}

@@ -165,14 +165,35 @@ def test_start_again_with_the_same_pools_returns_what_runs_and_with_others_refus
 ) -> None:
     from lessor.errors import LessorError, NotPortable
     from lessor.factory import CallableFactory
-    from tests.on_ray.conftest import specs
+    from tests.on_ray.conftest import API, specs
 
-    assert lessor.ray.start(specs()).pools == list(POOLS)
+    assert lessor.ray.start(specs(), [API]).pools == list(POOLS)
     changed = [replace(spec, acquire_timeout=1) for spec in specs()]
     with pytest.raises(LessorError, match="already runs"):
-        lessor.ray.start(changed)
+        lessor.ray.start(changed, [API])
     with pytest.raises(NotPortable):
         lessor.ray.start([PoolSpec("conn", CallableFactory(object), max_size=1)])
     with pytest.raises(LessorError, match="breaker"):
         lessor.ray.start([replace(specs()[0], breaker="api")])
     assert lessor.ray.find() is not None and on_ray.stats("slots").leased <= POOLS["slots"][1]
+
+
+def test_a_breaker_shared_by_both_nodes_trips_and_recovers_everywhere(on_ray: RayCluster) -> None:
+    from tests.on_ray.conftest import API
+
+    a, b = on_ray.head, on_ray.other
+    assert ray.get(on(b, tasks.breaker_sees).remote("api", "closed", 30), timeout=60)["state"] == (
+        "closed"
+    )
+    failed = ray.get(on(a, tasks.breaker_calls).remote("api", API.minimum_calls, True), timeout=60)
+    assert failed == ["failed"] * API.minimum_calls
+    seen = ray.get(on(b, tasks.breaker_sees).remote("api", "open", 30), timeout=60)
+    assert seen["state"] == "open"  # tripped on node A, open on node B
+    refused = ray.get(on(b, tasks.breaker_calls).remote("api", 1, False), timeout=60)
+    assert refused == ["BreakerOpen"]
+    # after open_duration: half-open; node B's one probe succeeds and closes it for all
+    half = ray.get(on(b, tasks.breaker_sees).remote("api", "half_open", 30), timeout=60)
+    assert half["state"] == "half_open"
+    assert ray.get(on(b, tasks.breaker_calls).remote("api", 1, False), timeout=60) == ["ok"]
+    closed = ray.get(on(a, tasks.breaker_sees).remote("api", "closed", 30), timeout=60)
+    assert closed["state"] == "closed"
