@@ -15,7 +15,8 @@ it all. docs/ray.md says what is guaranteed when a holder, an agent or a node di
 
 from __future__ import annotations
 
-from lessor.ray.cluster import RayLessor, Root, find, start, stop, worker_env
+from lessor.ray.cluster import RayLessor, find, start, stop, worker_env
 from lessor.ray.names import NAMESPACE
+from lessor.ray.root import Root
 
 __all__ = ["NAMESPACE", "RayLessor", "Root", "find", "start", "stop", "worker_env"]

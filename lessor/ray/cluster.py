@@ -29,7 +29,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lessor.errors import LessorError, NotPortable
-from lessor.ray.agent import NodeAgent
 from lessor.ray.global_breaker import GlobalBreaker
 from lessor.ray.global_pool import MAX_TAKES, TAKES, GlobalPool
 from lessor.ray.names import (
@@ -41,43 +40,23 @@ from lessor.ray.names import (
     breaker_actor,
     pool_actor,
 )
+from lessor.ray.root import ACTOR_OPTIONS, ROOT, Root, start_agent
 from lessor.specs import BreakerSpec, PoolSpec
 
 __all__ = ["ROOT", "RayLessor", "Root", "find", "start", "stop", "worker_env"]
-
-ROOT = "lessor-root"
-_ACTOR = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "lifetime": "detached",
-          "namespace": NAMESPACE}  # fmt: skip
 
 
 def _alive_nodes() -> list[str]:
     return [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
 
 
-def _start_agent(node_id: str, pools: list[PoolSpec], breakers: list[BreakerSpec]) -> Any:
-    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    actor = ray.remote(NodeAgent)
-    return actor.options(name=agent_name(node_id), scheduling_strategy=strategy,
-                         get_if_exists=True, **_ACTOR).remote(node_id, pools, breakers)  # fmt: skip
-
-
-class Root:
-    """``lessor-root``: the specs, and an agent for every node that asks for one."""
-
-    def __init__(self, pools: list[PoolSpec], breakers: list[BreakerSpec]) -> None:
-        self.pools = pools
-        self.breakers = breakers
-
-    def specs(self) -> list[PoolSpec]:
-        return self.pools
-
-    def breaker_specs(self) -> list[BreakerSpec]:
-        return self.breakers
-
-    def agent_for(self, node_id: str) -> str:
-        """Start node ``node_id``'s agent unless it runs; its name."""
-        _start_agent(node_id, self.pools, self.breakers)
-        return agent_name(node_id)
+def _on_head() -> dict[str, Any]:
+    """Where the global pools, breakers and root go: the head node, whose death
+    ends the cluster anyway, so a worker node's death never restarts them."""
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], False)}
+    return {}
 
 
 class RayLessor:
@@ -106,6 +85,8 @@ def start(
     breakers: Sequence[BreakerSpec] = (),
     *,
     suspect_timeout: float | None = None,
+    max_restarts: int = 3,
+    max_seconds: float = 5.0,
 ) -> RayLessor:
     """Start lessor on the Ray cluster this driver is connected to (``ray.init()`` first).
 
@@ -119,6 +100,10 @@ def start(
     settings it raises LessorError (``stop()`` first). A spec with a ``breaker`` is
     refused: pools behind breakers are not supported on Ray yet.
 
+    ``max_restarts`` (default 3) restarts of one node agent by Ray within
+    ``max_seconds`` (default 5.0 s) are allowed; one more and ``lessor-root`` gives up
+    on that node's agent (:mod:`.root`).
+
     ``breakers`` are cluster-wide too: one state for every task of every node
     (``lessor.connect().breaker(name)``), and at most ``half_open_calls`` probes in the
     cluster (:mod:`.global_breaker`).
@@ -127,22 +112,26 @@ def start(
         raise LessorError("lessor.ray.start needs a Ray cluster: call ray.init() first")
     specs, guards = list(pools), list(breakers)
     _refuse_other_specs(specs, guards)
+    head = _on_head()
     global_pool = ray.remote(concurrency_groups={TAKES: MAX_TAKES})(GlobalPool)
     handles = [
-        global_pool.options(name=pool_actor(spec.name), get_if_exists=True, **_ACTOR).remote(
-            spec, suspect_timeout
-        )
+        global_pool.options(
+            name=pool_actor(spec.name), get_if_exists=True, **head, **ACTOR_OPTIONS
+        ).remote(spec, suspect_timeout)
         for spec in specs
     ]
     ray.get([handle.info.remote() for handle in handles])
     global_breaker = ray.remote(GlobalBreaker)
     for spec in guards:
-        global_breaker.options(name=breaker_actor(spec.name), get_if_exists=True,
-                               **_ACTOR).remote(spec)  # fmt: skip
-    root = ray.remote(Root).options(name=ROOT, get_if_exists=True, **_ACTOR).remote(specs, guards)
-    ray.get(root.specs.remote())
-    agents = [_start_agent(node_id, specs, guards) for node_id in _alive_nodes()]
+        global_breaker.options(
+            name=breaker_actor(spec.name), get_if_exists=True, **head, **ACTOR_OPTIONS
+        ).remote(spec)
+    root = ray.remote(Root).options(name=ROOT, get_if_exists=True, **head, **ACTOR_OPTIONS)
+    root = root.remote(specs, guards, max_restarts, max_seconds)
+    nodes = _alive_nodes()
+    agents = [start_agent(node_id, specs, guards) for node_id in nodes]
     ray.get([agent.whoami.remote() for agent in agents])
+    ray.get(root.watch.remote(nodes))
     return RayLessor([spec.name for spec in specs])
 
 
@@ -242,7 +231,10 @@ def worker_env() -> tuple[dict[str, str], dict[str, BreakerSpec]]:
                 "lessor is not running on this Ray cluster: call lessor.ray.start(pools) "
                 "in a driver first"
             ) from None
-        agent = ray.get_actor(ray.get(root.agent_for.remote(node_id)), namespace=NAMESPACE)
+        name, refused = ray.get(root.agent_for.remote(node_id))
+        if refused:
+            raise LessorError(refused) from None
+        agent = ray.get_actor(name, namespace=NAMESPACE)
     env: dict[str, str] = ray.get(agent.env.remote(os.getpid()))
     breakers: dict[str, BreakerSpec] = ray.get(agent.breakers.remote())
     return env, breakers

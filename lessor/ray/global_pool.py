@@ -48,6 +48,7 @@ from lessor.holder import Holder
 from lessor.protocol.messages import Acquire, GetStats, GiveBack, Lease, Message, PoolStats, Release
 from lessor.protocol.quota_messages import Shed
 from lessor.ray.names import AGENT_PREFIX, NAMESPACE, agent_holder, parse_agent
+from lessor.ray.watch import SUSPECT_RETRY, until_gone
 from lessor.specs import PoolSpec
 from lessor.worker.local_pools import quota_spec
 
@@ -61,8 +62,6 @@ NODE_POLL = 0.5
 #: a ``give`` must never queue behind them (Ray's default is 1000 calls for everything).
 TAKES = "takes"
 MAX_TAKES = 100_000
-#: Seconds between pid checks of a suspect agent.
-SUSPECT_RETRY = 0.2
 
 #: ``take``'s answer: ``("lease", lease id, incarnation)`` or ``("error", class name, text)``.
 Taken = tuple[str, ...]
@@ -185,10 +184,11 @@ class GlobalPool:
         return stats
 
     async def info(self) -> dict[str, Any]:
-        """This incarnation: its pid, when it started, what it adopted, who it watches."""
+        """This incarnation: its pid and node, when it started, what it adopted, who it watches."""
         await self._started()
         return {
             "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
             "incarnation": self.incarnation,
             "started": self.started,
             "recovered": list(self.recovered),
@@ -277,36 +277,13 @@ class GlobalPool:
     async def _watch(self, holder: Holder, agent: _Agent) -> None:
         """Wait on the agent's process until Ray says it is gone (or it stays suspect
         past ``suspect_timeout``), then reclaim what it holds."""
-        why = ""
-        while not why:
-            try:
-                await agent.handle.hold.remote(agent.pid)
-                why = "agent replaced"  # hold() returns when it is not that process
-            except ActorDiedError:
-                why = "agent died"
-            except (ActorUnavailableError, RayError):
-                why = await self._suspect(agent)
-            except asyncio.CancelledError:
-                return
-        await self._gone(holder, why)
 
-    async def _suspect(self, agent: _Agent) -> str:
-        """The agent did not answer: "" while it may still live, else why it is gone."""
-        now = time.monotonic()
-        if agent.suspect_since is None:
-            agent.suspect_since = now
-        try:
-            pid = await asyncio.wait_for(agent.handle.whoami.remote(), SUSPECT_RETRY * 5)
-        except ActorDiedError:
-            return "agent died"
-        except (ActorUnavailableError, RayError, TimeoutError):
-            limit = self.suspect_timeout
-            if limit is not None and now - agent.suspect_since >= limit:
-                return "agent unreachable"
-            await asyncio.sleep(SUSPECT_RETRY)
-            return ""
-        agent.suspect_since = None
-        return "" if pid == agent.pid else "agent restarted"
+        def suspect(now: bool) -> None:
+            agent.suspect_since = time.monotonic() if now else None
+
+        with contextlib.suppress(asyncio.CancelledError):
+            why = await until_gone(agent.handle, agent.pid, self.suspect_timeout, suspect)
+            await self._gone(holder, why)
 
     async def _gone(self, holder: Holder, why: str) -> None:
         agent = self._agents.pop(holder, None)

@@ -131,3 +131,13 @@ def breaker_sees(name: str, state: str, timeout: float) -> dict[str, Any]:
     while breaker.state != state and time.monotonic() < deadline:
         time.sleep(0.005)  # (the state is pushed to this process; polled with a deadline)
     return {"state": breaker.state, "at": time.monotonic(), "node": node()}
+
+
+def wait_grant_or_error(pool: str) -> str:
+    """What ``lessor.connect()`` and one acquire say on this node: "granted", or the error."""
+    try:
+        handle = lessor.connect().pool(pool)
+        handle.release(handle.acquire(timeout=10))
+    except LessorError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "granted"
