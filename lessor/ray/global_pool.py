@@ -146,7 +146,9 @@ class GlobalPool:
     async def take(self, agent: str, pid: int, timeout: float) -> Taken:
         """One token for agent process ``agent``/``pid``, within ``timeout`` seconds."""
         route = await self._started()
-        holder = self._know(agent, pid)
+        holder = agent_holder(agent, pid)
+        if holder not in self._agents:  # (its handle looked up off the event loop)
+            self._know(agent, pid, await asyncio.to_thread(ray.get_actor, agent, NAMESPACE))
         loop = asyncio.get_running_loop()
         reply = AsyncReply(loop)
         try:
@@ -264,11 +266,9 @@ class GlobalPool:
 
     # -- agents: who they are, and when they are gone ----------------------------------
 
-    def _know(self, name: str, pid: int, handle: Any = None) -> Holder:
+    def _know(self, name: str, pid: int, handle: Any) -> Holder:
         holder = agent_holder(name, pid)
         if holder not in self._agents:
-            if handle is None:
-                handle = ray.get_actor(name, namespace=NAMESPACE)
             agent = self._agents[holder] = _Agent(name, parse_agent(name), pid, handle)
             holders.bind_receiver(holder, _AgentReceiver(handle))
             agent.watch = asyncio.create_task(self._watch(holder, agent))
