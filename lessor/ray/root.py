@@ -65,6 +65,7 @@ class Root:
         self.events: list[tuple[float, str, str]] = []  # (unix time, agent, what)
         self._intensity: dict[str, RestartIntensity] = {}
         self._watching: dict[str, asyncio.Task[None]] = {}
+        self._pids: dict[str, int] = {}  # agent name -> the process watched now
 
     def specs(self) -> list[PoolSpec]:
         return self.pools
@@ -90,8 +91,10 @@ class Root:
                 self._watch(name, ray.get_actor(name, namespace=NAMESPACE))
 
     async def status(self) -> dict[str, Any]:
-        """Restarts in the current window per agent, who was given up on, and the events."""
+        """The agent processes watched (name -> pid), restarts in the current window per
+        agent, who was given up on, and the events."""
         return {
+            "watching": dict(self._pids),
             "restarts": {name: i.recent for name, i in self._intensity.items()},
             "given_up": dict(self.given_up),
             "events": list(self.events),
@@ -105,7 +108,9 @@ class Root:
     async def _follow(self, name: str, handle: Any) -> None:
         pid = await self._pid(handle)
         while pid is not None:
+            self._pids[name] = pid
             why = await until_gone(handle, pid)
+            self._pids.pop(name, None)
             if why == "agent died":  # for good (killed, or its node is dead)
                 self.events.append((time.time(), name, "died for good"))
                 return

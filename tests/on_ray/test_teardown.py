@@ -114,12 +114,16 @@ def test_an_agent_restarted_too_often_is_given_up_on_and_the_other_node_goes_on(
         )
         root = ray.get_actor(ROOT, namespace=lessor.ray.NAMESPACE)
         first = ray.get(started.agent(other).whoami.remote(), timeout=60)
+        name = f"lessor-node-{other}"
+        assert wait_until(lambda: _watched(root, name) == first, timeout=30)
         os.kill(first, signal.SIGKILL)  # one restart is allowed
         assert wait_until(lambda: _pid(started, other) not in (None, first), timeout=60)
         assert wait_until(lambda: ray.get(root.status.remote())["restarts"], timeout=30), ray.get(
             root.status.remote()
         )
-        os.kill(ray.get(started.agent(other).whoami.remote(), timeout=60), signal.SIGKILL)
+        second = ray.get(started.agent(other).whoami.remote(), timeout=60)
+        assert wait_until(lambda: _watched(root, name) == second, timeout=30)
+        os.kill(second, signal.SIGKILL)
         assert wait_until(lambda: ray.get(root.status.remote())["given_up"], timeout=60), ray.get(
             root.status.remote()
         )
@@ -138,3 +142,9 @@ def _pid(started: lessor.ray.RayLessor, node: str) -> int | None:
         return int(ray.get(started.agent(node).whoami.remote(), timeout=5))
     except (ray.exceptions.RayError, ValueError):
         return None
+
+
+def _watched(root: Any, name: str) -> int | None:
+    """The pid of agent ``name`` that lessor-root watches now (None between two)."""
+    watching: dict[str, int] = ray.get(root.status.remote(), timeout=30)["watching"]
+    return watching.get(name)
