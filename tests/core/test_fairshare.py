@@ -294,6 +294,20 @@ def test_a_shed_waiter_of_the_own_pool_makes_a_new_resource() -> None:
     assert of(out, Destroy) and of(out, Create) and not of(out, Grant)
 
 
+def test_a_lease_reclaimed_while_a_shed_is_owed_is_closed_not_kept_idle() -> None:
+    """A dead holder's resource pays a Shed at once, as a release does: kept idle, its
+    token would wait for the quota's next recall (up to 50 ms on a Ray node)."""
+    pool = Pool("own", max_size=2)
+    dead, live = Holder.worker("ray-1", 11), Holder.thread(1, 1, 1)
+    pool.lease(0.0, 1, dead)
+    pool.lease(0.0, 2, live)
+    pool.core.shed(0.0, 1)
+    out = pool.core.reclaim_holder(0.0, dead)
+    assert [d.reason for d in of(out, Destroy)] == ["shed"] and pool.core.idle == 0
+    out = pool.core.reclaim_holder(0.0, live)  # paid up: this one goes as reclaims go
+    assert "shed" not in [d.reason for d in of(out, Destroy)]
+
+
 def test_a_shed_or_a_give_back_with_nothing_idle_asks_the_holders_that_park_leases() -> None:
     """A pool lending to caches (a Ray node agent's tasks) may have nothing idle and no
     waiter of its own: its quota's GiveBack or Shed must reach the parked leases."""

@@ -279,7 +279,9 @@ class PoolState:
         self.counters.reclaimed += 1
         count_reclaim(self.counters, why)
         self.counters.hold_ms.add((now - lease.granted_at) * 1000.0)
-        if self._reusable and self._has_reset and not self._slots.closed:
+        if self._shed_to > self.counters.destroyed:  # its quota is wanted elsewhere, as on release
+            slots.destroy(slot, "shed", out)
+        elif self._reusable and self._has_reset and not self._slots.closed:
             slots.reset(slot, out)  # like any returned resource
         elif self._reusable:
             slots.to_idle(now, slot, out)
