@@ -32,7 +32,7 @@ from lessor.handles.local import LocalRoute
 from lessor.handles.ops import LeaseOps
 from lessor.holder import Holder
 from lessor.protocol.codec import decode
-from lessor.protocol.messages import ErrorReply, Lease, PoolStats
+from lessor.protocol.messages import Drain, ErrorReply, Lease, PoolStats
 from lessor.protocol.quota_messages import Shed
 from lessor.ray.global_breaker import BreakerRelay
 from lessor.ray.global_pool import TAKES
@@ -219,4 +219,7 @@ class NodeAgent:
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Drain and stop the runtime: tasks get ShuttingDown, tokens go back."""
+        # Task processes outlive their tasks, with released leases parked in their
+        # caches: a Drain has them give those back now, not at the drain's deadline.
+        self.runtime.node.broadcast(Drain(timeout))
         await asyncio.to_thread(self.runtime.shutdown, timeout)
