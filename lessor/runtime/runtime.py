@@ -48,6 +48,7 @@ from lessor.specs import (
     Strategy,
     SupervisorSpec,
 )
+from lessor.specs.checks import number, require
 from lessor.specs.memory import MemorySpec
 from lessor.supervisor.child import ChildRef
 from lessor.supervisor.events import EventLog
@@ -92,6 +93,8 @@ class Runtime(WorkerProcesses, RuntimePools, Observing):
         control: bool = False,
         metrics_port: int | None = None,
     ) -> None:
+        require(number(shutdown_timeout) and shutdown_timeout >= 0, "shutdown_timeout",
+                "must be a number of seconds >= 0", shutdown_timeout)  # fmt: skip
         self.shutdown_timeout = shutdown_timeout
         self.event_log = EventLog(events)
         self._spec = SupervisorSpec("root", (), strategy, max_restarts, max_seconds, backoff)

@@ -246,7 +246,9 @@ class SupervisorSpec:
             self.strategy,
         )
         require(
-            isinstance(self.max_restarts, int) and self.max_restarts >= 0,
+            isinstance(self.max_restarts, int)
+            and not isinstance(self.max_restarts, bool)
+            and self.max_restarts >= 0,
             "max_restarts",
             "must be an int >= 0",
             self.max_restarts,

@@ -735,13 +735,11 @@ def test_build_passes_the_runtime_table_to_runtime(monkeypatch: pytest.MonkeyPat
 # -- what the library gets wrong ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="SupervisorSpec.max_restarts accepts a bool (True is 1)")
 def test_supervisor_spec_refuses_a_bool_max_restarts() -> None:
     with pytest.raises(ValueError, match="max_restarts"):
         SupervisorSpec("root", max_restarts=True)
 
 
-@pytest.mark.xfail(strict=True, reason="Runtime(shutdown_timeout=...) is never checked")
 def test_runtime_refuses_a_negative_shutdown_timeout() -> None:
     made: list[Runtime] = []
     try:
