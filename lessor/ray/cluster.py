@@ -36,6 +36,7 @@ from lessor.ray.names import (
     BREAKER_PREFIX,
     NAMESPACE,
     POOL_PREFIX,
+    actor_names,
     agent_name,
     breaker_actor,
     pool_actor,
@@ -67,7 +68,7 @@ class RayLessor:
 
     def agents(self) -> list[Any]:
         """The handles of the node agents running now."""
-        return [ray.get_actor(name, namespace=NAMESPACE) for name in _names(AGENT_PREFIX)]
+        return [ray.get_actor(name, namespace=NAMESPACE) for name in actor_names(AGENT_PREFIX)]
 
     def agent(self, node_id: str) -> Any:
         return ray.get_actor(agent_name(node_id), namespace=NAMESPACE)
@@ -184,7 +185,7 @@ def find() -> RayLessor | None:
 def stop(timeout: float = 10.0) -> None:
     """Drain every agent (tasks get ShuttingDown, tokens go back), then remove lessor's
     actors from the cluster. ``timeout`` (default 10.0 s) is each agent's drain."""
-    agents = [ray.get_actor(name, namespace=NAMESPACE) for name in _names(AGENT_PREFIX)]
+    agents = [ray.get_actor(name, namespace=NAMESPACE) for name in actor_names(AGENT_PREFIX)]
     for ref in [agent.shutdown.remote(timeout) for agent in agents]:
         with contextlib.suppress(ray.exceptions.RayError):  # (a dead agent has nothing to drain)
             ray.get(ref, timeout=timeout + 10.0)
@@ -192,26 +193,18 @@ def stop(timeout: float = 10.0) -> None:
         ray.kill(agent, no_restart=True)
     pools = [
         ray.get_actor(name, namespace=NAMESPACE)
-        for name in _names(POOL_PREFIX) + _names(BREAKER_PREFIX)
+        for name in actor_names(POOL_PREFIX) + actor_names(BREAKER_PREFIX)
     ]
     for ref in [pool.stop.remote() for pool in pools]:
         with contextlib.suppress(ray.exceptions.RayError):
             ray.get(ref, timeout=10.0)
     for pool in pools:
         ray.kill(pool, no_restart=True)
-    if ROOT in _names(ROOT):
+    if ROOT in actor_names(ROOT):
         ray.kill(ray.get_actor(ROOT, namespace=NAMESPACE), no_restart=True)
     deadline = time.monotonic() + 10.0
-    while _names("lessor-") and time.monotonic() < deadline:
+    while actor_names("lessor-") and time.monotonic() < deadline:
         time.sleep(0.05)  # until Ray forgets their names: start() may be called again
-
-
-def _names(prefix: str) -> list[str]:
-    return [
-        entry["name"]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == NAMESPACE and entry["name"].startswith(prefix)
-    ]
 
 
 def worker_env() -> tuple[dict[str, str], dict[str, BreakerSpec]]:

@@ -47,7 +47,7 @@ from lessor.handles.local import LocalRoute
 from lessor.holder import Holder
 from lessor.protocol.messages import Acquire, GetStats, GiveBack, Lease, Message, PoolStats, Release
 from lessor.protocol.quota_messages import Shed
-from lessor.ray.names import AGENT_PREFIX, NAMESPACE, agent_holder, parse_agent
+from lessor.ray.names import AGENT_PREFIX, NAMESPACE, actor_names, agent_holder, parse_agent
 from lessor.ray.watch import SUSPECT_RETRY, until_gone
 from lessor.specs import PoolSpec
 from lessor.worker.local_pools import quota_spec
@@ -65,6 +65,20 @@ MAX_TAKES = 100_000
 
 #: ``take``'s answer: ``("lease", lease id, incarnation)`` or ``("error", class name, text)``.
 Taken = tuple[str, ...]
+
+
+def adopted(pool: str, held: list[tuple[Holder, list[str]]], now: float) -> PoolLineage:
+    """The lineage a restarted global pool starts from: every token an agent reported
+    (its holder, its lease ids) as an orphan, and their epochs as earlier ones, so their
+    releases are recognised and they count against ``max_total`` until then."""
+    lineage = PoolLineage()
+    for holder, lease_ids in held:
+        for lease_id in lease_ids:
+            lineage.orphans.append(Lease(lease_id, pool, None, str(holder), now, None))
+            epoch = lease_id.split("/")[-2]
+            if epoch not in lineage.epochs:
+                lineage.epochs.append(epoch)
+    return lineage
 
 
 class AsyncReply(OneShot):
@@ -216,25 +230,13 @@ class GlobalPool:
         return await asyncio.shield(self._ready)
 
     async def _recover(self) -> LocalRoute:
-        lineage = PoolLineage()
-        names = [
-            entry["name"]
-            for entry in await asyncio.to_thread(ray.util.list_named_actors, True)
-            if entry["namespace"] == NAMESPACE and entry["name"].startswith(AGENT_PREFIX)
-        ]
+        names = await asyncio.to_thread(actor_names, AGENT_PREFIX)
         held = await asyncio.gather(*(self._held_by(name) for name in names))
-        for name, answer in zip(names, held, strict=True):
-            if answer is None:
-                continue
-            pid, lease_ids, handle = answer
-            holder = self._know(name, pid, handle)
-            for lease_id in lease_ids:
-                lineage.orphans.append(
-                    Lease(lease_id, self.spec.name, None, str(holder), time.monotonic(), None)
-                )
-                epoch = lease_id.split("/")[-2]
-                if epoch not in lineage.epochs:
-                    lineage.epochs.append(epoch)
+        lineage = adopted(self.spec.name, [
+            (self._know(name, answer[0], answer[2]), answer[1])
+            for name, answer in zip(names, held, strict=True)
+            if answer is not None
+        ], time.monotonic())  # fmt: skip
         self.recovered = [lease.id for lease in lineage.orphans]
         self._ref = PoolActor.start(self.spec, lineage=lineage, fair_share=True)
         self._route = LocalRoute(self._ref, self.spec)

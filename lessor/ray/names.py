@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import ray
+
 from lessor.holder import Holder
 
-__all__ = ["AGENT_PREFIX", "BREAKER_PREFIX", "NAMESPACE", "POOL_PREFIX", "agent_holder",
-           "agent_name", "breaker_actor", "parse_agent", "pool_actor"]  # fmt: skip
+__all__ = ["AGENT_PREFIX", "BREAKER_PREFIX", "NAMESPACE", "POOL_PREFIX", "actor_names",
+           "agent_holder", "agent_name", "breaker_actor", "parse_agent", "pool_actor"]  # fmt: skip
 
 #: The Ray namespace of every actor lessor starts.
 NAMESPACE = "lessor"
 AGENT_PREFIX = "lessor-node-"
 POOL_PREFIX = "lessor-pool-"
 BREAKER_PREFIX = "lessor-breaker-"
+
+
+def actor_names(prefix: str) -> list[str]:
+    """The names of lessor's live actors that start with ``prefix``."""
+    return [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith(prefix)
+    ]
 
 
 def agent_name(node_id: str) -> str:

@@ -21,6 +21,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import lessor.ray  # noqa: E402
 from lessor import BreakerSpec, PoolSpec, TokenFactory  # noqa: E402
@@ -57,6 +58,12 @@ class RayCluster:
     def info(self, pool: str) -> dict[str, Any]:
         info: dict[str, Any] = ray.get(self.lessor.global_pool(pool).info.remote(), timeout=30)
         return info
+
+
+def on(node: str, fn: Any, **options: Any) -> Any:
+    """``fn`` as a Ray task pinned to ``node``; half a CPU, so 4 run at once per node."""
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    return ray.remote(fn).options(scheduling_strategy=strategy, num_cpus=0.5, **options)
 
 
 def start_cluster(**system: Any) -> tuple[Any, str, str]:

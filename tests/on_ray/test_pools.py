@@ -10,19 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import lessor.ray
 from lessor import PoolSpec
 from tests.on_ray import tasks
-from tests.on_ray.conftest import POOLS, RayCluster, ray
+from tests.on_ray.conftest import POOLS, RayCluster, on, ray
 from tests.support.helpers import wait_until
-
-
-def on(node: str, fn: Any, **options: Any) -> Any:
-    """``fn`` as a Ray task pinned to ``node``; half a CPU, so 4 run at once per node."""
-    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
-    return ray.remote(fn).options(scheduling_strategy=strategy, num_cpus=0.5, **options)
 
 
 @pytest.fixture
@@ -197,3 +190,18 @@ def test_a_breaker_shared_by_both_nodes_trips_and_recovers_everywhere(on_ray: Ra
     assert ray.get(on(b, tasks.breaker_calls).remote("api", 1, False), timeout=60) == ["ok"]
     closed = ray.get(on(a, tasks.breaker_sees).remote("api", "closed", 30), timeout=60)
     assert closed["state"] == "closed"
+
+
+def test_a_restarted_global_pool_adopts_each_reported_token_as_an_orphan_of_its_epoch() -> None:
+    from lessor.holder import Holder
+    from lessor.ray.global_pool import adopted
+
+    a, b = Holder("worker", "ray-node-a:1"), Holder("worker", "ray-node-b:2")
+    lineage = adopted(
+        "epoch", [(a, ["epoch/e1/1", "epoch/e2/4"]), (b, ["epoch/e1/2"]), (b, [])], 5.0
+    )
+    assert [(o.id, o.holder) for o in lineage.orphans] == [
+        ("epoch/e1/1", str(a)), ("epoch/e2/4", str(a)), ("epoch/e1/2", str(b)),
+    ]  # fmt: skip
+    assert lineage.epochs == ["e1", "e2"]
+    assert all(o.pool == "epoch" and o.expires_at is None for o in lineage.orphans)

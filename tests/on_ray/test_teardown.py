@@ -12,20 +12,14 @@ import time
 from typing import Any
 
 import psutil
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import lessor.ray
 from lessor import PoolSpec, TokenFactory
 from lessor.ray.root import ROOT
 from lessor.transport.node import ENV_ADDRESS
 from tests.on_ray import tasks
-from tests.on_ray.conftest import ray, start_cluster, stop_cluster
+from tests.on_ray.conftest import on, ray, start_cluster, stop_cluster
 from tests.support.helpers import wait_until
-
-
-def on(node: str, fn: Any, **options: Any) -> Any:
-    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
-    return ray.remote(fn).options(scheduling_strategy=strategy, num_cpus=0.5, **options)
 
 
 def test_a_frozen_node_s_tokens_stay_booked_while_ray_lists_it_alive_and_return_at_its_death() -> (
